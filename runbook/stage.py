@@ -1,0 +1,115 @@
+"""What the first and last cells of every stage notebook do.
+
+`begin()` validates the parameters, opens the run's audit record and connects (reusing the
+kernel's open connection when the runner executes several stages in one kernel). `Stage`
+carries what every operation needs; `end()` closes the stage with its summary.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from . import params as params_model
+from .audit import Audit
+from .errors import RunbookError
+from .target import Target
+
+PROJECT = Path(__file__).resolve().parent.parent
+MODES = ("batch", "interactive")
+
+# One open connection per target for the life of the kernel: the runner executes all
+# stages in one kernel, and a reconnect per stage would cost more than a whole re-run.
+_connections: dict[tuple, Target] = {}
+
+
+@dataclass
+class Stage:
+    name: str
+    params: params_model.Params
+    target: Target
+    audit: Audit
+    run_dir: Path
+    mode: Literal["batch", "interactive"] = "batch"
+    dry_run: bool = False
+    platform: Any = None  # a platforms.Profile, set by begin()
+    started: float = field(default_factory=time.monotonic)
+    results: list[dict] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def interactive(self) -> bool:
+        return self.mode == "interactive"
+
+    async def run(self, command: str, **kwargs):
+        """Run a command on the target (shorthand for stage.target.run)."""
+        return await self.target.run(command, **kwargs)
+
+
+def new_run_dir(host: str, root: Path | None = None) -> Path:
+    """A fresh `runs/<UTC timestamp>-<host>/` folder."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    safe_host = re.sub(r"[^A-Za-z0-9.-]", "_", host)
+    run_dir = (root or PROJECT / "runs") / f"{stamp}-{safe_host}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    return run_dir
+
+
+def validate(**sections: Any) -> params_model.Params:
+    """Validate the notebook's parameters with the model; refuses before any connection."""
+    return params_model.validate("notebook parameters", **sections)
+
+
+async def begin(
+    name: str,
+    params: params_model.Params,
+    *,
+    mode: str = "batch",
+    run_dir: str | Path = "",
+    dry_run: bool = False,
+) -> Stage:
+    """Open the audit record, connect to the target and identify its platform."""
+    if mode not in MODES:
+        raise RunbookError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    run_dir = Path(run_dir) if run_dir else new_run_dir(params.target.host)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    audit = Audit(run_dir, stage=name)
+    audit.record("stage", event="start", host=params.target.host, mode=mode, dry_run=dry_run)
+    target = await _connect(params.target, audit, name)
+    stage = Stage(name, params, target, audit, run_dir, mode, bool(dry_run))
+    from .platforms import detect  # platforms builds on stage's types
+
+    stage.platform = await detect(stage)
+    return stage
+
+
+async def _connect(target_params, audit: Audit, stage_name: str) -> Target:
+    key = (target_params.host, target_params.port, target_params.user,
+           str(target_params.key_file), str(target_params.known_hosts))
+    target = _connections.get(key)
+    if target is None or target.closed:
+        target = await Target.connect(target_params, audit, stage=stage_name)
+        _connections[key] = target
+    else:
+        target.audit, target.stage = audit, stage_name
+    return target
+
+
+def end(stage: Stage) -> dict:
+    """Close the stage: record its end with the operation counts, show the summary."""
+    counts = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0}
+    for result in stage.results:
+        counts[result["status"]] = counts.get(result["status"], 0) + 1
+    duration = round(time.monotonic() - stage.started, 3)
+    status = "failed" if counts["failed"] else "ok"
+    stage.audit.record("stage", event="end", status=status, duration=duration, counts=counts)
+    print(f"{stage.name}: {status} in {duration:.2f} s — "
+          + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
+    return counts

@@ -1,0 +1,53 @@
+"""The manifest of stage notebooks: which exist, in what order, and which run by default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RunbookError
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    name: str  # "00-preflight": the notebook's file name without .ipynb
+    title: str
+    steps: str  # guide step ids it carries out (../shared/guide/STEPS.md)
+    default: bool = True  # part of a plain `runbook run`
+
+    @property
+    def short(self) -> str:
+        return self.name.split("-", 1)[1]
+
+    @property
+    def notebook(self) -> Path:
+        return NOTEBOOKS / f"{self.name}.ipynb"
+
+
+# Order matters: a run executes the default stages top to bottom.
+MANIFEST: tuple[StageInfo, ...] = (
+    StageInfo("00-preflight", "Preflight: what is on the host", "before G1"),
+)
+
+
+def find(name: str) -> StageInfo:
+    """A stage by its notebook name (`00-preflight`) or short name (`preflight`)."""
+    for stage in MANIFEST:
+        if name in (stage.name, stage.short):
+            return stage
+    known = ", ".join(stage.name for stage in MANIFEST)
+    raise RunbookError(f"unknown stage {name!r}; stages are: {known}")
+
+
+def select(stages: list[str] | None = None, start: str | None = None) -> list[StageInfo]:
+    """The stages a run executes: the named ones, or the default run, from `start` on."""
+    chosen = [find(name) for name in stages] if stages else [s for s in MANIFEST if s.default]
+    chosen.sort(key=MANIFEST.index)
+    if start:
+        first = find(start)
+        if first not in chosen:
+            chosen = [s for s in MANIFEST if s.default or s == first]
+        chosen = chosen[chosen.index(first):]
+    return chosen
