@@ -1,0 +1,52 @@
+# mail-runbook: `make demo` and `make test` are all a newcomer needs (as root, on Debian).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the lab needs (mmdebstrap builds the base image, systemd-nspawn boots hosts).
+LAB_PACKAGES := mmdebstrap systemd-container iproute2 openssh-client
+PYTEST_ARGS ?=
+
+.PHONY: help venv system-deps test lint unit demo lab notebooks bench clean
+
+help:
+	@echo "make demo   boot a lab host and run the runbook against it (root)"
+	@echo "make test   lint and the whole test suite (root: the lab tests boot real hosts)"
+	@echo "make lab    JupyterLab on loopback with the project's kernel"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(LAB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "the lab needs root to install:$$missing (sudo make ...)"; exit 1; fi; \
+	  echo "installing:$$missing"; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv system-deps lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/pytest -m "not lab" $(PYTEST_ARGS)
+
+demo: venv system-deps
+	$(BIN)/runbook lab up --hosts 1
+	$(BIN)/python -m runbook.demo
+
+notebooks: venv
+	$(BIN)/jupytext --set-kernel python3 --to ipynb notebooks/*.py
+
+bench: venv system-deps
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

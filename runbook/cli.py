@@ -1,0 +1,129 @@
+"""The `runbook` command: a thin shell over the package's modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ParamsError, RunbookError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ParamsError as e:
+        print(f"runbook: {e}", file=sys.stderr)
+        return 2
+    except RunbookError as e:
+        print(f"runbook: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("runbook: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    from . import runner
+
+    runner.quiet_papermill_logging()
+    stages = [s for s in args.stages.split(",") if s] if args.stages else None
+    run_dir = runner.run(args.params, stages=stages, start=args.start, dry_run=args.dry_run,
+                         run_dir=args.run_dir)
+    print(f"record: {run_dir}\nverify it with: runbook audit verify {run_dir}")
+    return 0
+
+
+def _validate(args) -> int:
+    from . import params
+
+    loaded = params.load(args.params)
+    print(f"{args.params}: valid ({loaded.target.user}@{loaded.target.host}, "
+          f"platform {loaded.platform.name})")
+    return 0
+
+
+def _audit_verify(args) -> int:
+    from . import audit
+
+    count = audit.verify(Path(args.run_dir))
+    print(f"{args.run_dir}: audit chain intact, {count} records")
+    return 0
+
+
+def _lab(args) -> int:
+    from . import lab
+
+    if args.lab_command == "up":
+        hosts = lab.up(args.hosts, checkout=Path.cwd())
+        _print_hosts(hosts, args)
+    elif args.lab_command == "down":
+        stopped = lab.down()
+        print("stopped: " + (", ".join(stopped) or "no lab host was running"))
+    elif args.lab_command == "reset":
+        _print_hosts([lab.reset(args.name)], args)
+    elif args.lab_command == "reboot":
+        _print_hosts([lab.reboot(args.name)], args)
+    else:
+        _print_hosts(lab.status(), args)
+    return 0
+
+
+def _print_hosts(hosts: list[dict], args) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(hosts, indent=2, default=str))
+        return
+    if not hosts:
+        print("no lab hosts (runbook lab up)")
+    for h in hosts:
+        state = "running" if h.get("running") else "stopped"
+        print(f"{h['name']:8} {h['address']:15} {state:8} {h.get('flavor', '')} "
+              f"{h.get('release', '')}  params: {h.get('params_file')}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runbook", description="Set up Postfix and Dovecot from parameterised notebooks."
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="execute the stage notebooks against one host")
+    run.add_argument("params", type=Path, help="params file (YAML)")
+    run.add_argument("--stages", help="comma-separated stages (default: the default run)")
+    run.add_argument("--from", dest="start", metavar="STAGE",
+                     help="resume the host's latest run from this stage")
+    run.add_argument("--run-dir", type=Path, help="run folder to use (default: a new one)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="read facts and show every change, change nothing")
+    run.set_defaults(func=_run)
+
+    validate = sub.add_parser("validate", help="check a params file without connecting")
+    validate.add_argument("params", type=Path)
+    validate.set_defaults(func=_validate)
+
+    audit = sub.add_parser("audit", help="work with a run's audit record")
+    audit_sub = audit.add_subparsers(required=True, metavar="ACTION")
+    verify = audit_sub.add_parser("verify", help="check the hash chain of a run's audit.jsonl")
+    verify.add_argument("run_dir", type=Path)
+    verify.set_defaults(func=_audit_verify)
+
+    lab = sub.add_parser("lab", help="disposable local target hosts (needs root)")
+    lab_sub = lab.add_subparsers(required=True, dest="lab_command", metavar="ACTION")
+    up = lab_sub.add_parser("up", help="boot lab hosts (idempotent)")
+    up.add_argument("--hosts", type=int, default=1, help="at least this many Debian hosts")
+    up.add_argument("--json", action="store_true")
+    lab_sub.add_parser("down", help="stop every lab host, leave nothing behind")
+    for action in ("reset", "reboot"):
+        p = lab_sub.add_parser(action, help=f"{action} one lab host")
+        p.add_argument("name")
+        p.add_argument("--json", action="store_true")
+    status = lab_sub.add_parser("status", help="list lab hosts")
+    status.add_argument("--json", action="store_true")
+    lab.set_defaults(func=_lab)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

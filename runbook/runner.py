@@ -1,0 +1,230 @@
+"""`runbook run`: execute stage notebooks with papermill into one run folder.
+
+The recipe: load and validate the params (a bad file creates nothing), pick the stages,
+take the target's lock, start one kernel, execute each stage notebook into
+`runs/<UTC timestamp>-<host>/NN-stage.ipynb`, record per-stage results in run.json, and stop
+at the first failure saying which stage, cell and command failed.
+
+All stages share one kernel (and so one SSH connection): a kernel start costs about a
+second, more than a whole re-run of a stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import platform
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import papermill
+from jupyter_client.manager import KernelManager
+from papermill.exceptions import PapermillExecutionError
+
+from . import params as params_model
+from . import stages as stage_manifest
+from .audit import read_run_json, update_run_json
+from .errors import RunbookError
+from .lock import TargetLock
+from .stage import PROJECT, new_run_dir
+
+CELL_TIMEOUT = 1800  # s; remote commands carry their own, shorter timeouts
+TOOLS = ("mail-runbook", "papermill", "asyncssh", "ipykernel", "pydantic", "nbclient")
+
+
+class StageFailed(RunbookError):
+    pass
+
+
+@dataclass
+class Progress:
+    """Terminal progress lines: one per stage."""
+
+    total: int
+    echo: callable = print
+
+    def start(self, index: int, name: str) -> None:
+        self.echo(f"[{index}/{self.total}] {name} …", flush=True)
+
+    def done(self, index: int, name: str, status: str, seconds: float, counts: dict) -> None:
+        detail = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no operations"
+        self.echo(f"[{index}/{self.total}] {name}: {status} in {seconds:.1f} s ({detail})",
+                  flush=True)
+
+
+def run(
+    params_file: str | Path,
+    *,
+    stages: list[str] | None = None,
+    start: str | None = None,
+    dry_run: bool = False,
+    run_dir: Path | None = None,
+    runs_root: Path = PROJECT / "runs",
+    echo=print,
+) -> Path:
+    """Execute the stages for one host; returns the run folder. Raises StageFailed."""
+    params = params_model.load(params_file)
+    selected = stage_manifest.select(stages, start)
+    host = params.target.host
+    if start and run_dir is None:
+        run_dir = latest_run(runs_root, host)
+    run_dir = run_dir or new_run_dir(host, runs_root)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _record_run_start(run_dir, params_file, params, dry_run)
+    parameters = params_model.as_parameters(params) | {
+        "mode": "batch", "run_dir": str(run_dir), "dry_run": dry_run,
+    }
+    progress = Progress(len(selected), echo)
+    try:
+        with TargetLock(params.target, run_dir.name), _kernel() as km:
+            for index, stage in enumerate(selected, 1):
+                _run_stage(stage, index, run_dir, parameters, km, progress)
+    finally:
+        update_run_json(run_dir, end=_now())
+    return run_dir
+
+
+def _run_stage(stage, index, run_dir, parameters, km, progress) -> None:
+    output = run_dir / f"{stage.name}.ipynb"
+    progress.start(index, stage.name)
+    began = time.monotonic()
+    failure = None
+    try:
+        papermill.execute_notebook(
+            str(stage.notebook), str(output), parameters=parameters, km=km,
+            kernel_name=km.kernel_name, progress_bar=False, log_output=True,
+            cwd=str(PROJECT), execution_timeout=CELL_TIMEOUT,
+        )
+    except PapermillExecutionError as e:
+        failure = e
+    seconds = round(time.monotonic() - began, 3)
+    counts = operation_counts(run_dir).get(stage.name, Counter())
+    status = "failed" if failure else "ok"
+    _record_stage(run_dir, stage.name, status, seconds, counts, output)
+    progress.done(index, stage.name, status, seconds, _counts(counts))
+    if failure:
+        raise StageFailed(_failure_message(stage.name, failure, output)) from None
+
+
+def operation_counts(run_dir: Path) -> dict[str, Counter]:
+    """Per stage, the ok/changed/failed/skipped operation records of its latest attempt."""
+    counts: dict[str, Counter] = {}
+    path = run_dir / "audit.jsonl"
+    if not path.exists():
+        return counts
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        name = record.get("stage")
+        if record.get("type") == "stage" and record.get("event") == "start":
+            counts[name] = Counter()  # a resumed stage counts only its last attempt
+        elif record.get("type") == "operation":
+            counts.setdefault(name, Counter())[record.get("status")] += 1
+    return counts
+
+
+def latest_run(runs_root: Path, host: str) -> Path:
+    """The most recent run folder for this host (what `--from` resumes)."""
+    candidates = sorted(p for p in runs_root.glob(f"*-{host}") if (p / "run.json").exists())
+    if not candidates:
+        raise RunbookError(
+            f"--from resumes a run, but {runs_root} holds no run for {host}; "
+            "start a new run without --from"
+        )
+    return candidates[-1]
+
+
+def _counts(counter: Counter) -> dict:
+    return {key: counter.get(key, 0) for key in ("ok", "changed", "failed", "skipped")}
+
+
+def _record_run_start(run_dir, params_file, params, dry_run) -> None:
+    existing = read_run_json(run_dir)
+    digest = hashlib.sha256(
+        json.dumps(params_model.as_parameters(params), sort_keys=True).encode()
+    ).hexdigest()
+    attempts = [*existing.get("attempts", []), {"start": _now(), "dry_run": dry_run}]
+    update_run_json(
+        run_dir,
+        host=params.target.host,
+        params_file=str(params_file),
+        params_sha256=digest,
+        git_commit=_git_commit(),
+        tools=_tool_versions(),
+        start=existing.get("start", _now()),
+        end=None,
+        dry_run=dry_run,
+        attempts=attempts,
+        stages=existing.get("stages", {}),
+    )
+
+
+def _record_stage(run_dir, name, status, seconds, counts, output) -> None:
+    stages = read_run_json(run_dir).get("stages", {})
+    stages[name] = {"status": status, "duration": seconds, "notebook": output.name,
+                    **_counts(counts)}
+    update_run_json(run_dir, stages=stages)
+
+
+def _failure_message(stage: str, error: PapermillExecutionError, output: Path) -> str:
+    source = (error.source or "").strip().splitlines()
+    where = f"cell {error.exec_count or error.cell_index}"
+    if source:
+        where += f" ({source[-1].strip()[:80]})"
+    return (f"stage {stage} failed in {where}:\n  {error.ename}: {error.evalue}\n"
+            f"the executed notebook with the error: {output}")
+
+
+class _kernel:
+    """One kernel for every stage of the run; shut down whatever happens."""
+
+    def __enter__(self) -> KernelManager:
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(cwd=str(PROJECT))
+        return self.km
+
+    def __exit__(self, *exc) -> None:
+        self.km.shutdown_kernel(now=True)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TOOLS:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def quiet_papermill_logging(echo=print) -> None:
+    """papermill's --log-output goes through logging: print cell output as plain lines."""
+
+    class Echo(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if not message.startswith(("Executing", "Input Notebook", "Output Notebook",
+                                       "Working directory", "Black is not", "Executing notebook")):
+                echo(message.rstrip("\n"), flush=True)
+
+    logger = logging.getLogger("papermill")
+    logger.handlers[:] = [Echo()]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
