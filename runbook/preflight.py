@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-
-from .target import q
+from shlex import quote as q
 
 # Settings the runbook manages; any other non-default main.cf setting is reported.
 MANAGED = {

@@ -33,7 +33,7 @@ from . import stages as stage_manifest
 from .audit import read_run_json, update_run_json
 from .errors import RunbookError
 from .lock import TargetLock
-from .stage import PROJECT, new_run_dir
+from .stage import PROJECT, run_name
 
 CELL_TIMEOUT = 1800  # s; remote commands carry their own, shorter timeouts
 TOOLS = ("mail-runbook", "papermill", "asyncssh", "ipykernel", "pydantic", "nbclient")
@@ -75,19 +75,21 @@ def run(
     host = params.target.host
     if start and run_dir is None:
         run_dir = latest_run(runs_root, host)
-    run_dir = run_dir or new_run_dir(host, runs_root)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _record_run_start(run_dir, params_file, params, dry_run)
-    parameters = params_model.as_parameters(params) | {
-        "mode": "batch", "run_dir": str(run_dir), "dry_run": dry_run,
-    }
+    run_dir = run_dir or _unused(runs_root / run_name(host))
     progress = Progress(len(selected), echo)
-    try:
-        with TargetLock(params.target, run_dir.name), _kernel() as km:
-            for index, stage in enumerate(selected, 1):
-                _run_stage(stage, index, run_dir, parameters, km, progress)
-    finally:
-        update_run_json(run_dir, end=_now())
+    # The lock connects first: an unreachable host or a refused key leaves no run folder.
+    with TargetLock(params.target, run_dir.name):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _record_run_start(run_dir, params_file, params, dry_run)
+        parameters = params_model.as_parameters(params) | {
+            "mode": "batch", "run_dir": str(run_dir), "dry_run": dry_run,
+        }
+        try:
+            with _kernel() as km:
+                for index, stage in enumerate(selected, 1):
+                    _run_stage(stage, index, run_dir, parameters, km, progress)
+        finally:
+            update_run_json(run_dir, end=_now())
     return run_dir
 
 
@@ -138,6 +140,15 @@ def latest_run(runs_root: Path, host: str) -> Path:
             "start a new run without --from"
         )
     return candidates[-1]
+
+
+def _unused(path: Path) -> Path:
+    """Two runs started in the same second get distinct folders."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 def _counts(counter: Counter) -> dict:

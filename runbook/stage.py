@@ -53,13 +53,10 @@ class Stage:
         return await self.target.run(command, **kwargs)
 
 
-def new_run_dir(host: str, root: Path | None = None) -> Path:
-    """A fresh `runs/<UTC timestamp>-<host>/` folder."""
+def run_name(host: str) -> str:
+    """`<UTC timestamp>-<host>`: the name of a new run folder."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    safe_host = re.sub(r"[^A-Za-z0-9.-]", "_", host)
-    run_dir = (root or PROJECT / "runs") / f"{stamp}-{safe_host}"
-    run_dir.mkdir(parents=True, exist_ok=False)
-    return run_dir
+    return f"{stamp}-{re.sub(r'[^A-Za-z0-9.:-]', '_', host)}"
 
 
 def validate(**sections: Any) -> params_model.Params:
@@ -78,7 +75,7 @@ async def begin(
     """Open the audit record, connect to the target and identify its platform."""
     if mode not in MODES:
         raise RunbookError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    run_dir = Path(run_dir) if run_dir else new_run_dir(params.target.host)
+    run_dir = Path(run_dir) if run_dir else PROJECT / "runs" / run_name(params.target.host)
     run_dir.mkdir(parents=True, exist_ok=True)
     audit = Audit(run_dir, stage=name)
     audit.record("stage", event="start", host=params.target.host, mode=mode, dry_run=dry_run)
