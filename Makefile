@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the lab needs (mmdebstrap builds the base image, systemd-nspawn boots hosts).
-LAB_PACKAGES := mmdebstrap systemd-container iproute2 openssh-client
+# Debian packages the tests need: mmdebstrap builds the lab base image, systemd-nspawn boots
+# lab hosts, chromium runs the browser test (never a downloaded browser).
+LAB_PACKAGES := mmdebstrap systemd-container iproute2 openssh-client chromium
 PYTEST_ARGS ?=
 
 .PHONY: help venv system-deps test lint unit demo lab notebooks bench clean
