@@ -44,6 +44,9 @@ DEBS = CACHE / "debs"
 SSH_PORT = 22
 MAIL_USER = "mailtest"
 MAX_HOSTS = 29  # deb1..deb29 = 127.0.0.11..39; the range above is left for other flavors
+# nspawn cannot remove its dir in here when /run is not a tmpfs (it says "Attempted to
+# remove disk file system"); an empty dir, tidied by the lab
+NSPAWN_PROPAGATE = Path("/run/systemd/nspawn/propagate")
 BOOT_TIMEOUT = 60.0  # seconds from starting nspawn to a real SSH login
 HALT_TIMEOUT = 15.0  # seconds for a clean halt before SIGKILL
 
@@ -384,6 +387,7 @@ def _ensure_base(kind: Flavor) -> None:
     _run_logged(log, "systemd-nspawn", "--quiet", "--register=no", "--keep-unit",
                 f"--directory={partial}", f"--bind={DEBS}:/var/cache/apt/archives",
                 "sh", "-c", fetch)
+    _rmdir(NSPAWN_PROPAGATE / partial.name)
     _customize_base(partial)
     partial.rename(kind.base)
 
@@ -458,6 +462,8 @@ def _boot(host: Host) -> None:
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ])
     host.pid_file.write_text(f"{pid}\n")
+    # /proc/PID/cmdline reads empty for an instant after exec; let it show nspawn's
+    _wait_while(lambda: _alive(pid) and not _running(host), 2)
 
 
 def _wait_ready(host: Host) -> None:
@@ -497,16 +503,16 @@ def _stop(host: Host) -> bool:
     if pid:
         found = True
         os.kill(pid, signal.SIGTERM)  # nspawn asks the host's systemd for a clean halt
-        if not _wait_gone(lambda: _alive(pid), HALT_TIMEOUT):
+        if not _wait_while(lambda: _alive(pid), HALT_TIMEOUT):
             os.kill(pid, signal.SIGKILL)
-            _wait_gone(lambda: _alive(pid), 5)
+            _wait_while(lambda: _alive(pid), 5)
     # A host whose nspawn was SIGKILLed keeps running on its own (its init is reparented),
     # so find its processes by their root directory.
     if _processes_in(host.root):
         found = True
         for leftover in _processes_in(host.root):
             _kill(leftover)
-        if not _wait_gone(lambda: _processes_in(host.root), 5):
+        if not _wait_while(lambda: _processes_in(host.root), 5):
             raise LabError(f"processes of lab host {host.name} survive SIGKILL: "
                            f"{_processes_in(host.root)}")
     if _mounted(host.root):
@@ -518,8 +524,7 @@ def _stop(host: Host) -> bool:
             _run("ip", "addr", "del", f"{host.address}/8", "dev", "lo")
         _update_record(host, address_added=False)
     host.pid_file.unlink(missing_ok=True)
-    # nspawn cannot remove this dir when /run is not a tmpfs; an empty dir, tidied here
-    _rmdir(Path("/run/systemd/nspawn/propagate") / host.name)
+    _rmdir(NSPAWN_PROPAGATE / host.name)
     return found
 
 
@@ -613,9 +618,10 @@ def _processes_in(root: Path) -> list[int]:
     return pids
 
 
-def _wait_gone(still_there, timeout: float) -> bool:
+def _wait_while(condition, timeout: float) -> bool:
+    """Wait until `condition()` is false; False if it still held at the timeout."""
     deadline = time.monotonic() + timeout
-    while still_there():
+    while condition():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
