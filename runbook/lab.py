@@ -16,6 +16,7 @@ Layout:
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import os
@@ -213,9 +214,9 @@ def up(hosts: int = 1, checkout: Path | None = None, flavor: str = "debian") -> 
         raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
     checkout = Path.cwd() if checkout is None else Path(checkout)
     _preflight(build=None if kind.base.exists() else kind)
-    with _locked():
+    with _locked() as lock:
         _ensure_key()
-        _ensure_base(kind)
+        _ensure_base(kind, lock)
         for host in _all_hosts():
             if not _running(host):
                 _stop(host)  # leftovers of a killed run: mount, address, orphaned container
@@ -246,9 +247,9 @@ def reset(name: str) -> dict:
     """Replace a host by a fresh one in place: same name and address, new empty state."""
     host = _host(name)
     _preflight(build=None if host.flavor.base.exists() else host.flavor)
-    with _locked():
+    with _locked() as lock:
         _ensure_key()
-        _ensure_base(host.flavor)
+        _ensure_base(host.flavor, lock)
         params_file = _record(host).get("params_file")
         _stop(host)
         _create(host)
@@ -344,8 +345,8 @@ def _all_hosts() -> list[Host]:
 
 
 @contextmanager
-def _locked() -> Iterator[None]:
-    """Serialise lab commands across processes and checkouts."""
+def _locked() -> Iterator[int]:
+    """Serialise lab commands across processes and checkouts; yields the lock's fd."""
     LAB.mkdir(parents=True, exist_ok=True)
     # Python opens it close-on-exec, so the hosts we boot never inherit (and hold) the lock
     with open(LAB / "lock", "w") as lock:
@@ -354,7 +355,7 @@ def _locked() -> Iterator[None]:
         except BlockingIOError:
             _say("lab: waiting for another lab command to finish")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+        yield lock.fileno()
 
 
 # --- the base image and the lab key ----------------------------------------------------------
@@ -367,8 +368,12 @@ def _ensure_key() -> None:
         pub.write_text(_run("ssh-keygen", "-y", "-f", KEY))
 
 
-def _ensure_base(kind: Flavor) -> None:
-    """Build the base image once, into a temp dir renamed into place only when complete."""
+def _ensure_base(kind: Flavor, lock: int) -> None:
+    """Build the base image once, into a temp dir renamed into place only when complete.
+
+    The build steps hold the lab's `lock` too: if this process is killed they wind down
+    (mmdebstrap finishes its current step and cleans up) before the next command may start.
+    """
     if kind.base.exists():
         return
     partial = kind.base.with_name(kind.base.name + ".partial")
@@ -378,13 +383,13 @@ def _ensure_base(kind: Flavor) -> None:
     _remove_tree(partial)
     DEBS.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    _run_logged(log, "mmdebstrap", "--variant=minbase", f"--include={','.join(kind.include)}",
+    _run_logged(log, lock, "mmdebstrap", "--variant=minbase", f"--include={','.join(kind.include)}",
                 kind.suite, partial, _apt_sources(kind.suite))
     # Package lists for later installs, and the packages later stages install fetched into
     # the shared cache now, so that installs on the hosts download nothing.
     packages = " ".join(kind.predownload)
     fetch = f"apt-get -q update && apt-get -q -y install --download-only {packages}"
-    _run_logged(log, "systemd-nspawn", "--quiet", "--register=no", "--keep-unit",
+    _run_logged(log, lock, "systemd-nspawn", "--quiet", "--register=no", "--keep-unit",
                 f"--directory={partial}", f"--bind={DEBS}:/var/cache/apt/archives",
                 "sh", "-c", fetch)
     _rmdir(NSPAWN_PROPAGATE / partial.name)
@@ -696,15 +701,22 @@ def _run(*args, input: str | None = None) -> str:
     return done.stdout
 
 
-def _run_logged(log: Path, *args) -> None:
+def _run_logged(log: Path, lock: int, *args) -> None:
     argv = [str(arg) for arg in args]
     with log.open("a") as out:
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=_env())
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=_env(),
+                              pass_fds=(lock,), preexec_fn=_die_with_parent)
     if done.returncode:
         raise LabError(f"`{argv[0]}` failed while building the base image: see {log}"
                        f"{_tail(log)}")
+
+
+def _die_with_parent() -> None:
+    """In a build step: end with the lab command that started it."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _chroot(host: Host, *args, input: str | None = None) -> str:
