@@ -1,0 +1,411 @@
+"""The asyncssh session to the target: every remote command goes through `Target.run()`.
+
+A command runs on its own channel of the one open connection as
+`echo <marker> $$; exec sh -c '<command>'` (inside `sudo -n`/`doas -n` when privileged), so the
+first stdout line names the remote pid: after a timeout its process group is killed over a
+new channel — closing a channel without a PTY leaves the remote process running.
+"""
+
+import asyncio
+import codecs
+import contextlib
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from signal import Signals
+
+import asyncssh
+
+from runbook.audit import Audit, now
+from runbook.errors import (
+    AuthenticationRefused,
+    CommandFailed,
+    CommandTimeout,
+    HostKeyChanged,
+    HostKeyUnknown,
+    HostUnreachable,
+    PrivilegeRefused,
+    TargetError,
+)
+
+q = shlex.quote
+PID_MARK = "__mail_runbook_pid__"
+PID_LINE = re.compile(rf"{PID_MARK} (\d+)\n")
+LONG = 2.0  # seconds after which the elapsed time is printed
+KILL_TIMEOUT = 10.0
+KILL_GRACE = 3.0  # seconds between TERM and KILL
+TAIL = 10  # lines of output quoted in a CommandFailed message
+# TERM the command's process group (and the pid itself), wait KILL_GRACE, then KILL.
+# Zombies do not count as alive: `kill -0` would see them until their parent reaps them.
+KILL_SCRIPT = """p={pid}; g=$(ps -o pgid= -p $p 2>/dev/null | tr -d ' ')
+case $g in ''|0|1) g=$p;; esac
+alive() {{
+  if command -v ps >/dev/null; then
+    ps -A -o pgid= -o stat= | awk -v g=$g '$1 == g && $2 !~ /^Z/ {{f = 1}} END {{exit !f}}'
+  else kill -0 -$g 2>/dev/null || kill -0 $p 2>/dev/null; fi
+}}
+kill -TERM -$g $p 2>/dev/null; i=0
+while alive && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done
+kill -KILL -$g $p 2>/dev/null; sleep 0.1
+! alive"""
+
+
+@dataclass
+class Result:
+    command: str
+    exit_status: int | None
+    stdout: str
+    stderr: str
+    duration: float
+    start: str
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _tail(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()][-TAIL:]
+    return "\n".join(f"  {line}" for line in lines)
+
+
+def _wrap(command: str, via: str | None) -> str:
+    inner = f"echo {PID_MARK} $$; exec sh -c {q(command)}"
+    return f"exec {via} -n sh -c {q(inner)}" if via else inner
+
+
+class _Lines:
+    """One output stream: decoded as it arrives, kept, and printed line by line if asked.
+
+    Undecodable bytes are kept as surrogates, so `text.encode("utf-8", "surrogateescape")`
+    gives back the exact bytes (files.read_file relies on it).
+    """
+
+    def __init__(self, sink, mask, find_pid: bool = False):
+        self.sink, self.mask, self.find_pid = sink, mask, find_pid
+        self.decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        self.parts: list[str] = []
+        self.partial = ""
+        self.pid: int | None = None
+
+    def feed(self, data: bytes, final: bool = False) -> None:
+        text = self.decoder.decode(data, final)
+        if self.sink is None and not self.find_pid:
+            self.parts.append(text)
+            return
+        text = self.partial + text
+        cut = len(text) if final else text.rfind("\n") + 1
+        self.partial = text[cut:]
+        begin = 0
+        while begin < cut:
+            end = text.find("\n", begin, cut) + 1 or cut
+            self._line(text[begin:end])
+            begin = end
+
+    def _line(self, line: str) -> None:
+        if self.find_pid and (match := PID_LINE.fullmatch(line)):
+            self.pid, self.find_pid = int(match[1]), False
+            return
+        self.parts.append(line)
+        if self.sink is not None:
+            print(_printable(self.mask(line.rstrip("\n"))), file=self.sink, flush=True)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class _Job(asyncssh.SSHClientSession):
+    """One command on its own channel: output fed to two `_Lines`, exit status kept."""
+
+    def __init__(self, out: _Lines, err: _Lines):
+        self.out, self.err = out, err
+        self.chan: asyncssh.SSHClientChannel | None = None
+        self.exit_status: int | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes, datatype) -> None:
+        (self.err if datatype == asyncssh.EXTENDED_DATA_STDERR else self.out).feed(data)
+
+    def exit_status_received(self, status: int) -> None:
+        self.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped, msg, lang) -> None:
+        number = Signals.__members__.get(f"SIG{signal}")
+        self.exit_status = 128 + (number or 0)  # as a shell reports it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.out.feed(b"", final=True)
+        self.err.feed(b"", final=True)
+        if self.closed.done():
+            return
+        if exc:
+            self.closed.set_exception(exc)
+        else:
+            self.closed.set_result(None)
+
+    def result(self, command: str, start: str, duration: float) -> Result:
+        return Result(command, self.exit_status, self.out.text, self.err.text, duration, start)
+
+
+class _HostKeyCheck(asyncssh.SSHClient):
+    """Called by asyncssh only for a key not trusted by known_hosts: unknown or changed?"""
+
+    def __init__(self, known_hosts: Path, policy: str):
+        self.known_hosts, self.policy = known_hosts, policy
+        self.refused: str | None = None
+        self.fingerprint = ""
+
+    def validate_host_public_key(self, host, addr, port, key) -> bool:
+        self.fingerprint = key.get_fingerprint("sha256")
+        if _has_keys(self.known_hosts, host, addr, port):
+            self.refused = "changed"  # never accepted, whatever the policy
+            return False
+        if self.policy != "accept-new":
+            self.refused = "unknown"
+            return False
+        _remember(self.known_hosts, host, port, key)
+        return True
+
+
+def _pattern(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def _has_keys(path: Path, host: str, addr: str, port: int) -> bool:
+    if not path.exists():
+        return False
+    keys, ca_keys, *_ = asyncssh.read_known_hosts(str(path)).match(host, addr, port)
+    return bool(keys or ca_keys)
+
+
+def _remember(path: Path, host: str, port: int, key: asyncssh.SSHKey) -> None:
+    """Add a first-seen host key, as OpenSSH's StrictHostKeyChecking=accept-new does."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    old = path.read_bytes() if path.exists() else b""
+    lead = b"\n" if old and not old.endswith(b"\n") else b""
+    line = f"{_pattern(host, port)} {key.export_public_key().decode().strip()}\n"
+    with open(path, "ab") as f:
+        f.write(lead + line.encode())
+
+
+class Target:
+    """An open SSH session to one host; see `connect`."""
+
+    def __init__(self, conn, params, audit: Audit | None, stage: str | None):
+        self.conn, self.params, self.audit, self.stage = conn, params, audit, stage
+        self.host = params.host
+        self.dest = f"{params.user}@{params.host}:{params.port}"
+        self.fingerprint = conn.get_server_host_key().get_fingerprint("sha256")
+        root = params.user == "root"
+        self.privilege = params.privilege if params.privilege != "none" and not root else None
+
+    @classmethod
+    async def connect(cls, params, audit: Audit | None, *, stage: str | None = None) -> "Target":
+        """Open the session; each refusal is one RunbookError naming the host and what to do."""
+        dest = f"{params.user}@{params.host}:{params.port}"
+        known = Path(params.known_hosts or "~/.ssh/known_hosts").expanduser()
+        client = _HostKeyCheck(known, params.host_key_policy)
+        options = {
+            "port": params.port,
+            "username": params.user,
+            # Never None (that disables checking); a missing file means nothing is known yet.
+            "known_hosts": str(known) if known.exists() else asyncssh.SSHKnownHosts(),
+            "connect_timeout": params.connect_timeout,
+            "client_factory": lambda: client,
+        }
+        if params.key_file:
+            if not Path(params.key_file).expanduser().exists():
+                raise AuthenticationRefused(f"{dest}: key_file {params.key_file} does not exist")
+            options["client_keys"] = [str(Path(params.key_file).expanduser())]
+        if not params.use_agent:
+            options["agent_path"] = None
+        try:
+            conn = await asyncssh.connect(params.host, **options)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise _host_key_error(dest, params, known, client, exc) from None
+        except asyncssh.PermissionDenied:
+            raise AuthenticationRefused(
+                f"{dest} refused authentication — check target.user, target.key_file "
+                f"({params.key_file or 'none'}) or the agent, and that the public key is in "
+                f"that user's ~/.ssh/authorized_keys on {params.host}"
+            ) from None
+        except TimeoutError:
+            raise HostUnreachable(
+                f"cannot reach {dest}: no SSH answer within {params.connect_timeout} s — check "
+                "target.host and target.port, that sshd runs there, and any firewall"
+            ) from None
+        except (OSError, asyncssh.Error) as exc:
+            raise HostUnreachable(
+                f"cannot reach {dest}: {getattr(exc, 'strerror', None) or exc} — "
+                "check target.host and target.port, and that sshd runs there"
+            ) from None
+        return cls(conn, params, audit, stage)
+
+    async def __aenter__(self) -> "Target":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self.conn.close()
+        await self.conn.wait_closed()
+
+    def _mask(self, text: str) -> str:
+        return self.audit.mask(text) if self.audit else text
+
+    async def run(
+        self,
+        command: str,
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | bytes | None = None,
+        privileged: bool = True,
+        quiet: bool = False,
+        stream: bool = True,
+    ) -> Result:
+        """Run a shell command (values already quoted with `q`) and record it.
+
+        Output is printed line by line as it arrives unless `stream` is False; `quiet` also
+        keeps the audit record out of the cell. Raises CommandTimeout (after killing the
+        remote process), PrivilegeRefused, or with `check` CommandFailed on a non-zero exit.
+        """
+        via = self.privilege if privileged else None
+        live = None if quiet or not stream else sys.stdout
+        job = _Job(
+            _Lines(live, self._mask, find_pid=True),
+            _Lines(sys.stderr if live else None, self._mask),
+        )
+        timeout = self.params.command_timeout if timeout is None else timeout
+        data = input.encode("utf-8", "surrogateescape") if isinstance(input, str) else input
+        start, t0 = now(), time.monotonic()
+        extra = {}
+        try:
+            await asyncio.wait_for(self._exec(job, _wrap(command, via), data), timeout)
+        except TimeoutError:
+            extra = {"timed_out": timeout, "killed": await self._kill(job, via)}
+        except (OSError, asyncssh.Error) as exc:
+            extra = {"error": str(exc)}
+        result = job.result(command, start, time.monotonic() - t0)
+        if live and result.duration > LONG:
+            print(f"({result.duration:.1f} s)", flush=True)
+        self._record(result, via, quiet, **extra)
+        self._raise_for(result, via, job.out.pid, check, **extra)
+        return result
+
+    async def _exec(self, job: _Job, command: str, data: bytes | None) -> None:
+        job.chan, _ = await self.conn.create_session(lambda: job, command, encoding=None)
+        if data:
+            job.chan.write(data)
+        job.chan.write_eof()
+        await job.closed
+
+    async def _kill(self, job: _Job, via: str | None) -> bool:
+        """End a timed-out command's remote processes; True when they are gone."""
+        try:
+            if job.out.pid is None:
+                return False  # it never started (e.g. sudo hanging): nothing known to kill
+            killer = _Job(_Lines(None, self._mask, find_pid=True), _Lines(None, self._mask))
+            script = KILL_SCRIPT.format(pid=job.out.pid, ticks=round(KILL_GRACE * 10))
+            start, t0 = now(), time.monotonic()
+            with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
+                await asyncio.wait_for(self._exec(killer, _wrap(script, via), None), KILL_TIMEOUT)
+            result = killer.result(script, start, time.monotonic() - t0)
+            self._record(result, via, quiet=True)
+            return result.exit_status == 0
+        finally:
+            if job.chan:
+                job.chan.close()
+
+    def _record(self, result: Result, via: str | None, quiet: bool, **extra) -> None:
+        if self.audit is None:
+            return
+        fields = {
+            "host": self.host,
+            "fingerprint": self.fingerprint,
+            "command": result.command,
+            "start": result.start,
+            "duration": round(result.duration, 4),
+            "exit_status": result.exit_status,
+            "stdout": result.stdout,
+            "stderr": result.stderr,
+        }
+        if via:
+            fields["privilege"] = via
+        if self.stage is not None:
+            fields["stage"] = self.stage
+        self.audit.record("command", show=not quiet, **fields, **extra)
+
+    def _raise_for(self, result, via, pid, check, timed_out=None, killed=None, error=None):
+        cmd = f"{self.dest}: `{result.command}`"
+        if timed_out is not None:
+            ended = (
+                "its remote processes were killed"
+                if killed
+                else ("its remote processes could NOT be confirmed killed — check the host")
+            )
+            raise CommandTimeout(
+                self._mask(
+                    f"{cmd} timed out after {timed_out} s; {ended}. If it needs longer, "
+                    "raise target.command_timeout or pass timeout="
+                ),
+                result,
+            )
+        if error is not None:
+            raise TargetError(self._mask(f"{cmd} was cut off: {error}"))
+        if via and pid is None and result.exit_status:
+            raise PrivilegeRefused(self._privilege_message(via, result))
+        if check and result.exit_status != 0:
+            tail = _tail(result.stderr) or _tail(result.stdout)
+            raise CommandFailed(
+                self._mask(f"{cmd} exited {result.exit_status}" + (f":\n{tail}" if tail else "")),
+                result,
+            )
+
+    def _privilege_message(self, via: str, result: Result) -> str:
+        user = self.params.user
+        said = _tail(result.stderr).strip() or f"exit {result.exit_status}"
+        if result.exit_status == 127:
+            return f"{self.dest}: {via} could not run ({said}) — install it or set privilege"
+        rule = (
+            f"`{user} ALL=(ALL) NOPASSWD: ALL` (with visudo)"
+            if via == "sudo"
+            else f"`permit nopass {user}` in /etc/doas.conf"
+        )
+        return (
+            f"{self.dest}: {via} -n refused to run commands ({said}) — the runbook never types "
+            f"a password: allow {user} to run commands without one, e.g. {rule}"
+        )
+
+    async def open_connection(self, host: str, port: int):
+        """A TCP connection from the target to host:port (asyncio-style reader, writer)."""
+        return await self.conn.open_connection(host, port)
+
+    async def forward_local_port(self, remote_host: str, remote_port: int):
+        """Listen on a free local port forwarded to remote_host:remote_port as seen from
+        the target; returns (listener, local_port). Close the listener when done."""
+        listener = await self.conn.forward_local_port("127.0.0.1", 0, remote_host, remote_port)
+        return listener, listener.get_port()
+
+
+def _host_key_error(dest, params, known: Path, client: _HostKeyCheck, exc) -> TargetError:
+    fp = client.fingerprint or "unknown fingerprint"
+    if client.refused == "unknown":
+        return HostKeyUnknown(
+            f"{dest}: host key {fp} of {params.host} is not in {known} — check that "
+            "fingerprint with the host's administrator and add the key (`ssh-keyscan -p "
+            f"{params.port} {params.host} >> {known}`), or set target.host_key_policy: "
+            "accept-new for a first contact"
+        )
+    reason = "" if client.refused else f" ({exc.reason})"
+    return HostKeyChanged(
+        f"{dest}: the key of {params.host} ({fp}) differs from the one in {known}{reason} — "
+        "if the host was reinstalled, remove its line with "
+        f"`ssh-keygen -R {q(_pattern(params.host, params.port))} -f {known}`; "
+        "otherwise do not connect"
+    )

@@ -1,0 +1,136 @@
+"""An in-process asyncssh server for the transport tests.
+
+Commands run in a real `/bin/sh -c` subprocess in a new session, as sshd runs them (so
+streaming, exit status, timeouts and kill are real), as the user running the tests, whatever
+user name the client gives. Like sshd without a PTY, closing a channel does not end its
+process. Direct TCP connections are allowed to 127.0.0.1 only.
+"""
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import asyncssh
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Server:
+    port: int
+    host_key: asyncssh.SSHKey
+    known_hosts: Path  # holds exactly this server's key
+    client_key: Path  # the only key the server accepts
+    env: dict = field(default_factory=dict)  # environment of the commands (tests may change it)
+    commands: list[str] = field(default_factory=list)  # every command received, in order
+    procs: list[asyncio.subprocess.Process] = field(default_factory=list)
+
+    def params(self, **overrides) -> SimpleNamespace:
+        """A `target` section for this server, as the params model gives one."""
+        values = {
+            "host": HOST,
+            "port": self.port,
+            "user": "root",
+            "key_file": self.client_key,
+            "use_agent": False,
+            "known_hosts": self.known_hosts,
+            "host_key_policy": "strict",
+            "privilege": "none",
+            "connect_timeout": 5.0,
+            "command_timeout": 10.0,
+        }
+        return SimpleNamespace(**(values | overrides))
+
+
+class _Forwarding(asyncssh.SSHServer):
+    def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
+        return dest_host == HOST  # True: asyncssh opens the connection itself
+
+
+async def _pump(read, write) -> None:
+    with contextlib.suppress(OSError, asyncssh.Error):
+        while data := await read(65536):
+            write(data)
+
+
+async def _feed_stdin(channel: asyncssh.SSHReader, stdin: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, asyncssh.Error):
+        while data := await channel.read(65536):
+            stdin.write(data)
+            await stdin.drain()
+    stdin.close()
+
+
+def _handler(server: Server):
+    async def handle(process: asyncssh.SSHServerProcess) -> None:
+        server.commands.append(process.command)
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh",
+            "-c",
+            process.command or "exec sh",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # as sshd's setsid(): pid == process group
+            env=server.env,
+        )
+        server.procs.append(proc)
+        stdin = asyncio.ensure_future(_feed_stdin(process.stdin, proc.stdin))
+        await asyncio.gather(
+            _pump(proc.stdout.read, process.stdout.write),
+            _pump(proc.stderr.read, process.stderr.write),
+        )
+        status = await proc.wait()
+        stdin.cancel()
+        with contextlib.suppress(OSError, asyncssh.Error):
+            if status < 0:
+                process.exit_with_signal(signal.Signals(-status).name[3:])
+            else:
+                process.exit(status)
+
+    return handle
+
+
+def _write_key(key: asyncssh.SSHKey, path: Path) -> Path:
+    key.write_private_key(str(path))
+    path.chmod(0o600)
+    return path
+
+
+def known_hosts_line(port: int, key: asyncssh.SSHKey) -> str:
+    return f"[{HOST}]:{port} {key.export_public_key().decode().strip()}\n"
+
+
+@contextlib.asynccontextmanager
+async def ssh_server(tmp: Path) -> AsyncIterator[Server]:
+    """Start a server on 127.0.0.1 (free port) with fresh host and client keys under `tmp`."""
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    server = Server(0, host_key, tmp / "known_hosts", _write_key(client_key, tmp / "id_client"))
+    server.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+    acceptor = await asyncssh.create_server(
+        _Forwarding,
+        HOST,
+        0,
+        server_host_keys=[host_key],
+        authorized_client_keys=asyncssh.import_authorized_keys(
+            client_key.export_public_key().decode()
+        ),
+        process_factory=_handler(server),
+        encoding=None,
+    )
+    server.port = acceptor.get_port()
+    server.known_hosts.write_text(known_hosts_line(server.port, host_key))
+    try:
+        yield server
+    finally:
+        acceptor.close()
+        await acceptor.wait_closed()
+        for proc in server.procs:  # whatever a failed test left running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)

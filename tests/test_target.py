@@ -1,0 +1,428 @@
+"""The SSH session against the in-process server: streaming, exit status, timeout and kill,
+host keys, refusals, privilege, audit records, TCP through the target."""
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import asyncssh
+import pytest
+from sshserver import HOST, known_hosts_line, ssh_server
+
+from runbook import target as target_mod
+from runbook.audit import Audit
+from runbook.errors import (
+    AuthenticationRefused,
+    CommandFailed,
+    CommandTimeout,
+    HostKeyChanged,
+    HostKeyUnknown,
+    HostUnreachable,
+    PrivilegeRefused,
+)
+from runbook.target import Target, q
+
+
+@contextlib.asynccontextmanager
+async def session(tmp: Path, audit: Audit | None = None, **params):
+    async with ssh_server(tmp) as srv, await Target.connect(srv.params(**params), audit) as t:
+        yield srv, t
+
+
+def records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "audit.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+class Clock:
+    """A stand-in for sys.stdout/stderr that notes when each line arrived."""
+
+    def __init__(self):
+        self.lines: list[tuple[float, str]] = []
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            self.lines.append((time.monotonic(), text))
+
+    def flush(self) -> None:
+        pass
+
+
+def live_in_groups(groups: set[int], argv: bytes) -> list[int]:
+    """Live (not zombie) processes with this exact argv in one of these process groups."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state, _ppid, pgrp = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:3]
+            if cmdline == argv and int(pgrp) in groups and state != "Z":
+                found.append(int(pid))
+    return found
+
+
+SLEEP = b"sleep\x001000\x00"
+
+
+def sleepers(srv) -> list[int]:
+    return live_in_groups({p.pid for p in srv.procs}, SLEEP)
+
+
+# --- run ---------------------------------------------------------------------------------
+
+
+def test_output_streams_line_by_line_before_the_command_ends(tmp_path, monkeypatch):
+    out, err = Clock(), Clock()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+
+    async def body():
+        async with session(tmp_path) as (_, t):
+            r = await t.run("echo one; echo warn >&2; sleep 0.6; echo two")
+            return r, time.monotonic()
+
+    r, ended = asyncio.run(body())
+    assert [text for _, text in out.lines] == ["one", "two"]
+    assert [text for _, text in err.lines] == ["warn"]
+    assert ended - out.lines[0][0] > 0.4  # "one" was shown while the command still ran
+    assert ended - err.lines[0][0] > 0.4
+    assert (r.stdout, r.stderr, r.exit_status) == ("one\ntwo\n", "warn\n", 0)
+
+
+def test_quiet_and_stream_false_print_nothing(tmp_path, capsys):
+    async def body():
+        async with session(tmp_path) as (_, t):
+            a = await t.run("echo a; echo b >&2", stream=False)
+            b = await t.run("echo c", quiet=True)
+            return a, b
+
+    a, b = asyncio.run(body())
+    assert capsys.readouterr().out == "" and a.stdout == "a\n" and b.stdout == "c\n"
+
+
+def test_a_long_command_shows_its_elapsed_time(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(target_mod, "LONG", 0.2)
+
+    async def body():
+        async with session(tmp_path) as (_, t):
+            await t.run("sleep 0.3")
+            await t.run("true")
+
+    asyncio.run(body())
+    assert capsys.readouterr().out.splitlines() == ["(0.3 s)"]
+
+
+def test_exit_status_and_command_failed(tmp_path):
+    async def body():
+        async with session(tmp_path) as (_, t):
+            r = await t.run("echo out; echo 'no such key' >&2; exit 3", check=False)
+            assert (r.exit_status, r.stdout, r.stderr) == (3, "out\n", "no such key\n")
+            with pytest.raises(CommandFailed) as exc:
+                await t.run("echo out; echo 'no such key' >&2; exit 3")
+            signalled = await t.run("kill -TERM $$", check=False)
+            return exc.value, signalled
+
+    exc, signalled = asyncio.run(body())
+    assert "echo out" in str(exc) and "exited 3" in str(exc) and "no such key" in str(exc)
+    assert "root@127.0.0.1:" in str(exc)
+    assert exc.result.exit_status == 3
+    assert signalled.exit_status == 128 + 15  # reported as a shell does
+
+
+def test_stdin_and_binary_output_round_trip(tmp_path):
+    blob = bytes(range(256)) * 4 + b"\xe2\x82"  # every byte, ending in a cut UTF-8 sequence
+
+    async def body():
+        async with session(tmp_path) as (_, t):
+            text = await t.run("cat", input="héllo\n", stream=False)
+            raw = await t.run("cat", input=blob, stream=False)
+            return text, raw
+
+    text, raw = asyncio.run(body())
+    assert text.stdout == "héllo\n"
+    assert raw.stdout.encode("utf-8", "surrogateescape") == blob
+
+
+def test_one_channel_per_command_and_the_command_runs_in_sh(tmp_path):
+    async def body():
+        async with session(tmp_path) as (srv, t):
+            before = len(srv.commands)
+            r = await t.run("echo $0 $$")
+            return srv.commands[before:], r
+
+    sent, r = asyncio.run(body())
+    assert len(sent) == 1
+    assert r.stdout.split()[0] == "sh"
+    assert "__mail_runbook_pid__" not in r.stdout  # the pid line is the library's, not output
+
+
+# --- timeout -----------------------------------------------------------------------------
+
+
+def test_timeout_kills_the_remote_process(tmp_path):
+    run_dir = tmp_path / "run"
+
+    async def body():
+        async with session(tmp_path, Audit(run_dir, display=False)) as (srv, t):
+            task = asyncio.ensure_future(t.run("sleep 1000; echo never", timeout=0.5))
+            await asyncio.sleep(0.3)
+            assert len(sleepers(srv)) == 1  # the check below can see it
+            with pytest.raises(CommandTimeout) as exc:
+                await task
+            return sleepers(srv), exc.value
+
+    left, exc = asyncio.run(body())
+    assert left == []
+    assert "timed out after 0.5 s" in str(exc) and "killed" in str(exc)
+    kill, cmd = records(run_dir)
+    assert "kill -TERM" in kill["command"] and kill["exit_status"] == 0
+    assert cmd["command"] == "sleep 1000; echo never"
+    assert cmd["timed_out"] == 0.5 and cmd["killed"] is True and cmd["stdout"] == ""
+
+
+def test_timeout_kills_a_process_that_ignores_term(tmp_path, monkeypatch):
+    monkeypatch.setattr(target_mod, "KILL_GRACE", 0.5)
+
+    async def body():
+        async with session(tmp_path) as (srv, t):
+            with pytest.raises(CommandTimeout):
+                await t.run("trap '' TERM; sleep 1000 & sleep 1000; wait", timeout=0.3)
+            return sleepers(srv)
+
+    assert asyncio.run(body()) == []
+
+
+def test_closing_the_channel_alone_leaves_the_process_running(tmp_path, monkeypatch):
+    # Why the kill is needed: with it skipped, the remote command survives the timeout.
+    async def no_kill(self, job, via):
+        job.chan.close()
+        return False
+
+    monkeypatch.setattr(Target, "_kill", no_kill)
+
+    async def body():
+        async with session(tmp_path) as (srv, t):
+            with pytest.raises(CommandTimeout, match="could NOT be confirmed killed"):
+                await t.run("sleep 1000; true", timeout=0.3)
+            await asyncio.sleep(0.2)
+            return sleepers(srv)
+
+    assert len(asyncio.run(body())) == 1
+
+
+# --- audit -------------------------------------------------------------------------------
+
+
+def test_each_command_is_recorded_with_secrets_masked(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    audit = Audit(run_dir, stage="10-postfix", display=False)
+    audit.add_secret("s3cret")
+
+    async def body():
+        async with ssh_server(tmp_path) as srv:
+            t = await Target.connect(srv.params(), audit, stage="20-aliases")
+            await t.run(f"echo {q('pw=s3cret')}")
+            with pytest.raises(CommandFailed) as exc:
+                await t.run("echo s3cret >&2; exit 1")
+            await t.close()
+            return t.fingerprint, srv.host_key.get_fingerprint("sha256"), exc.value
+
+    fingerprint, server_fp, exc = asyncio.run(body())
+    assert fingerprint == server_fp and fingerprint.startswith("SHA256:")
+    ok, failed = records(run_dir)
+    assert ok["type"] == "command" and ok["stage"] == "20-aliases"
+    assert {"host", "fingerprint", "command", "start", "duration", "exit_status"} <= ok.keys()
+    assert (ok["host"], ok["fingerprint"]) == (HOST, fingerprint)
+    assert ok["command"] == "echo pw=********" and ok["stdout"] == "pw=********\n"
+    assert failed["exit_status"] == 1 and failed["stderr"] == "********\n"
+    assert "s3cret" not in str(exc)
+    streamed = capsys.readouterr()
+    assert "s3cret" not in streamed.out + streamed.err and "pw=********" in streamed.out
+
+
+# --- privilege ---------------------------------------------------------------------------
+
+
+def fake(tmp: Path, name: str, script: str, env: dict) -> None:
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text("#!/bin/sh\n" + script)
+    (bin_dir / name).chmod(0o755)
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+
+
+def test_privileged_commands_go_through_sudo_n(tmp_path):
+    run_dir = tmp_path / "run"
+
+    async def body():
+        async with ssh_server(tmp_path) as srv:
+            fake(tmp_path, "sudo", '[ "$1" = -n ] || exit 99; shift; exec "$@"\n', srv.env)
+            params = srv.params(user="alice", privilege="sudo")
+            async with await Target.connect(params, Audit(run_dir, display=False)) as t:
+                as_root = await t.run("echo '$HOME' \"$0\"", quiet=True)
+                plain = await t.run("echo plain", privileged=False, quiet=True)
+            return srv.commands, as_root, plain
+
+    commands, as_root, plain = asyncio.run(body())
+    assert commands[0].startswith("exec sudo -n sh -c ") and "sudo" not in commands[1]
+    assert as_root.stdout == "$HOME sh\n" and plain.stdout == "plain\n"
+    first, second = records(run_dir)
+    assert first["privilege"] == "sudo" and "privilege" not in second
+
+
+@pytest.mark.parametrize(
+    ("via", "says", "advice"),
+    [
+        ("sudo", "sudo: a password is required", "alice ALL=(ALL) NOPASSWD: ALL"),
+        ("doas", "doas: Authorization required", "permit nopass alice"),
+    ],
+)
+def test_a_password_prompt_is_refused_with_what_to_configure(tmp_path, via, says, advice):
+    async def body():
+        async with ssh_server(tmp_path) as srv:
+            fake(tmp_path, via, f"echo '{says}' >&2; exit 1\n", srv.env)
+            async with await Target.connect(srv.params(user="alice", privilege=via), None) as t:
+                with pytest.raises(PrivilegeRefused) as exc:
+                    await t.run("true", check=False)
+                return exc.value
+
+    message = str(asyncio.run(body()))
+    assert says in message and advice in message and f"alice@{HOST}" in message
+
+
+def test_root_needs_no_sudo(tmp_path):
+    async def body():
+        async with session(tmp_path, privilege="sudo") as (srv, t):
+            await t.run("true")
+            return srv.commands
+
+    assert "sudo" not in asyncio.run(body())[0]
+
+
+# --- connecting --------------------------------------------------------------------------
+
+
+def connect_error(tmp_path, error, edit=None, **params) -> str:
+    async def body():
+        async with ssh_server(tmp_path) as srv:
+            if edit:
+                edit(srv)
+            with pytest.raises(error) as exc:
+                await Target.connect(srv.params(**params), None)
+            return srv, exc.value
+
+    srv, exc = asyncio.run(body())
+    return str(exc).replace(str(srv.port), "PORT")
+
+
+def test_an_unknown_host_key_is_refused_in_strict_mode(tmp_path):
+    message = connect_error(tmp_path, HostKeyUnknown, lambda srv: srv.known_hosts.write_text(""))
+    assert f"root@{HOST}:PORT" in message and "SHA256:" in message
+    assert "ssh-keyscan" in message and "accept-new" in message
+
+
+def test_a_missing_known_hosts_file_means_unknown(tmp_path):
+    message = connect_error(tmp_path, HostKeyUnknown, known_hosts=tmp_path / "none")
+    assert str(tmp_path / "none") in message
+    assert not (tmp_path / "none").exists()
+
+
+def other_key(srv) -> None:
+    srv.known_hosts.write_text(
+        known_hosts_line(srv.port, asyncssh.generate_private_key("ssh-ed25519"))
+    )
+
+
+@pytest.mark.parametrize("policy", ["strict", "accept-new"])
+def test_a_changed_host_key_is_refused(tmp_path, policy):
+    before = None
+
+    def edit(srv):
+        nonlocal before
+        other_key(srv)
+        before = srv.known_hosts.read_text()
+
+    message = connect_error(tmp_path, HostKeyChanged, edit, host_key_policy=policy)
+    assert "differs from the one in" in message and "otherwise do not connect" in message
+    assert f"ssh-keygen -R '[{HOST}]:PORT' -f {tmp_path / 'known_hosts'}" in message
+    assert (tmp_path / "known_hosts").read_text() == before  # never rewritten
+
+
+def test_accept_new_adds_an_unknown_key_then_it_is_known(tmp_path):
+    known = tmp_path / "fresh" / "known_hosts"
+
+    async def body():
+        async with ssh_server(tmp_path) as srv:
+            t = await Target.connect(
+                srv.params(known_hosts=known, host_key_policy="accept-new"), None
+            )
+            await t.close()
+            t = await Target.connect(srv.params(known_hosts=known), None)  # strict now passes
+            await t.close()
+            return srv
+
+    srv = asyncio.run(body())
+    assert known.read_text() == known_hosts_line(srv.port, srv.host_key)
+
+
+def test_refused_authentication_names_the_host(tmp_path):
+    stranger = tmp_path / "id_other"
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(stranger))
+    message = connect_error(tmp_path, AuthenticationRefused, key_file=stranger, user="bob")
+    assert f"bob@{HOST}:PORT refused authentication" in message and "authorized_keys" in message
+
+
+def test_a_missing_key_file_is_named(tmp_path):
+    message = connect_error(tmp_path, AuthenticationRefused, key_file=tmp_path / "nope")
+    assert str(tmp_path / "nope") in message
+
+
+def test_unreachable_hosts(tmp_path):
+    async def body():
+        messages = []
+        silent = await asyncio.start_server(lambda r, w: None, HOST, 0)  # accepts, never speaks
+        async with silent, ssh_server(tmp_path) as srv:
+            closed = srv.params(port=1)
+            mute = srv.params(port=silent.sockets[0].getsockname()[1], connect_timeout=0.3)
+            unknown = srv.params(host="no-such-host.invalid")
+            for params in (closed, mute, unknown):
+                with pytest.raises(HostUnreachable) as exc:
+                    await Target.connect(params, None)
+                messages.append(str(exc.value))
+        return messages
+
+    closed, mute, unknown = asyncio.run(body())
+    assert closed.startswith(f"cannot reach root@{HOST}:1:") and "sshd" in closed
+    assert "no SSH answer within 0.3 s" in mute
+    assert "root@no-such-host.invalid:" in unknown
+
+
+# --- TCP through the target --------------------------------------------------------------
+
+
+def test_open_connection_and_forward_local_port(tmp_path):
+    async def echo(reader, writer):
+        writer.write(b"220 " + await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    async def body():
+        server = await asyncio.start_server(echo, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, session(tmp_path) as (_, t):
+            reader, writer = await t.open_connection(HOST, port)
+            writer.write(b"direct\n")
+            direct = await reader.readline()
+            writer.close()
+            listener, local = await t.forward_local_port(HOST, port)
+            reader, writer = await asyncio.open_connection(HOST, local)
+            writer.write(b"forwarded\n")
+            forwarded = await reader.readline()
+            writer.close()
+            listener.close()
+            return direct, forwarded
+
+    assert asyncio.run(body()) == (b"220 direct\n", b"220 forwarded\n")
