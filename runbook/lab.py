@@ -211,7 +211,7 @@ def up(hosts: int = 1, checkout: Path | None = None, flavor: str = "debian") -> 
     """At least `hosts` lab hosts running and accepting SSH; their params files written."""
     kind = _flavor(flavor)
     if not 1 <= hosts <= MAX_HOSTS:
-        raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
+        raise LabError(f"the lab runs 1 to {MAX_HOSTS} hosts of a flavor, not {hosts}")
     checkout = Path.cwd() if checkout is None else Path(checkout)
     _preflight(build=None if kind.base.exists() else kind)
     with _locked() as lock:
@@ -507,16 +507,16 @@ def _stop(host: Host) -> bool:
     pid = _nspawn_pid(host)
     if pid:
         found = True
-        os.kill(pid, signal.SIGTERM)  # nspawn asks the host's systemd for a clean halt
+        _signal(pid, signal.SIGTERM)  # nspawn asks the host's systemd for a clean halt
         if not _wait_while(lambda: _alive(pid), HALT_TIMEOUT):
-            os.kill(pid, signal.SIGKILL)
+            _signal(pid, signal.SIGKILL)
             _wait_while(lambda: _alive(pid), 5)
     # A host whose nspawn was SIGKILLed keeps running on its own (its init is reparented),
     # so find its processes by their root directory.
     if _processes_in(host.root):
         found = True
         for leftover in _processes_in(host.root):
-            _kill(leftover)
+            _signal(leftover, signal.SIGKILL)
         if not _wait_while(lambda: _processes_in(host.root), 5):
             raise LabError(f"processes of lab host {host.name} survive SIGKILL: "
                            f"{_processes_in(host.root)}")
@@ -536,6 +536,7 @@ def _stop(host: Host) -> bool:
 # --- host state ------------------------------------------------------------------------------
 
 def _status(host: Host) -> dict:
+    pid = _nspawn_pid(host)
     return {
         "name": host.name,
         "address": host.address,
@@ -544,12 +545,12 @@ def _status(host: Host) -> dict:
         "key_file": str(KEY),
         "known_hosts": str(host.known_hosts),
         "params_file": _record(host).get("params_file"),
-        "running": _running(host),
+        "running": pid is not None,
         "flavor": host.flavor.name,
         "release": host.flavor.release,
         "mail_user": MAIL_USER,
         "mail_password_file": str(host.password_file),
-        "pid": _nspawn_pid(host),
+        "pid": pid,
         "root": str(host.root),
         "log_file": str(host.log_file),
     }
@@ -633,9 +634,9 @@ def _wait_while(condition, timeout: float) -> bool:
     return True
 
 
-def _kill(pid: int) -> None:
-    with suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+def _signal(pid: int, signum: int) -> None:
+    with suppress(ProcessLookupError):  # it may have ended meanwhile
+        os.kill(pid, signum)
 
 
 # --- mounts and addresses --------------------------------------------------------------------
