@@ -106,7 +106,8 @@ def describe(plan) -> tuple[str, str]:
                          f"{_why(why)}</li>")
         else:
             diff = _diff(step)
-            text.append(f"edit {step.path}" + (f"    # {why}" if why else "") + "\n" + diff)
+            text.append(f"edit {step.path}" + (f"    # {why}" if why else "") + "\n"
+                        + diff.rstrip("\n"))
             items.append(f"<li>edit <code>{html.escape(str(step.path))}</code>{_why(why)}"
                          f"{_diff_html(diff)}</li>")
     title = f"<b>Plan: {html.escape(plan.name)}</b>" + (
