@@ -1,0 +1,261 @@
+"""Facts: what is true on the target now, each a shell command plus a pure parser.
+
+A `Fact` never changes anything. `read()` gathers any number of facts in ONE remote
+command (each command's output is fenced by a random marker, so the parsers see exactly
+what their command printed), and keeps them for the rest of the stage: the operations of a
+stage that all look at main.cf read it once. Whatever changes the host forgets them.
+
+The parsers below are plain functions of text, tested without SSH.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from shlex import quote as q
+from typing import Any
+
+from .errors import RunbookError
+
+
+class FactError(RunbookError):
+    """A fact's command failed in a way its parser cannot explain."""
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A read-only command and the parser of its output.
+
+    `parse(stdout, exit_status)` turns the output into a value; `fresh` is the value on a
+    freshly installed host, for plans made without connecting.
+    """
+
+    name: str
+    command: str
+    parse: Callable[[str, int], Any]
+    fresh: Any = None
+
+    def __hash__(self) -> int:  # facts are keyed by name: one command answers one name
+        return hash(self.name)
+
+
+# --- gathering -----------------------------------------------------------------------------
+
+def script(facts: list[Fact], token: str) -> str:
+    """One shell script running every fact's command, each output ended by a marker line."""
+    parts = []
+    for fact in facts:
+        # The subshell keeps one fact's `cd` or `exit` from touching the next.
+        parts.append(f"( {fact.command}\n) </dev/null; printf '\\n{token} %s\\n' $?")
+    return "\n".join(parts)
+
+
+def split(output: str, token: str, count: int) -> list[tuple[str, int]]:
+    """The (stdout, exit status) of each of `count` commands run by `script()`."""
+    results = []
+    rest = output
+    marker = re.compile(rf"\n{re.escape(token)} (\d+)\n")
+    for _ in range(count):
+        match = marker.search(rest)
+        if not match:
+            raise FactError("the facts command was cut off (a marker is missing)")
+        results.append((rest[: match.start()], int(match.group(1))))
+        rest = rest[match.end():]
+    return results
+
+
+def cache(stage) -> dict[str, Any]:
+    """The facts read so far in this stage (by name)."""
+    return scratch(stage).setdefault("facts", {})
+
+
+def forget(stage) -> None:
+    """Forget every fact read in this stage: something on the host has changed."""
+    cache(stage).clear()
+
+
+async def read(stage, *facts: Fact) -> list[Any]:
+    """The values of `facts`, reading the missing ones in one remote command."""
+    known = cache(stage)
+    missing = list({f.name: f for f in facts if f.name not in known}.values())
+    if missing and getattr(stage, "offline", False):  # a plan made without connecting
+        known.update((f.name, f.fresh) for f in missing)
+    elif missing:
+        token = "@@fact-" + secrets.token_hex(8)
+        result = await stage.run(script(missing, token), check=False, stream=False, quiet=True)
+        outputs = split(result.stdout, token, len(missing))
+        for fact, (stdout, status) in zip(missing, outputs, strict=True):
+            try:
+                known[fact.name] = fact.parse(stdout, status)
+            except FactError as e:
+                detail = result.stderr.strip()
+                raise FactError(f"{e}{': ' + detail if detail else ''}") from None
+    return [known[f.name] for f in facts]
+
+
+async def read_one(stage, fact: Fact) -> Any:
+    (value,) = await read(stage, fact)
+    return value
+
+
+def scratch(stage) -> dict:
+    # Per-stage working state kept on the Stage object (a fresh Stage per notebook).
+    return stage.__dict__.setdefault("_operations_state", {})
+
+
+# --- generic facts -------------------------------------------------------------------------
+
+def _must_succeed(name: str, parse: Callable[[str], Any]) -> Callable[[str, int], Any]:
+    def parser(stdout: str, status: int) -> Any:
+        if status != 0:
+            raise FactError(f"reading {name} failed (exit {status})")
+        return parse(stdout)
+    return parser
+
+
+def file(path: str) -> Fact:
+    """A file's text, or None when it does not exist (an unreadable file is an error)."""
+    def parse(stdout: str, status: int) -> str | None:
+        if status == 3:
+            return None
+        if status != 0:
+            raise FactError(f"cannot read {path} (exit {status})")
+        return stdout
+    return Fact(f"file {path}", f"[ -e {q(path)} ] || exit 3; cat {q(path)}", parse)
+
+
+def exists(path: str, test: str = "-e") -> Fact:
+    """Whether `test path` holds (-e exists, -S socket, -f file, -x executable)."""
+    return Fact(f"test {test} {path}", f"test {test} {q(path)}", lambda _out, status: status == 0)
+
+
+def command_output(name: str, command: str) -> Fact:
+    """Any read-only command's output and exit status, as a pair."""
+    return Fact(name, command, lambda out, status: (out, status))
+
+
+def newer(path: str, than: str) -> Fact:
+    """Whether `path` exists and is newer than `than` (missing `path`: False)."""
+    return Fact(f"{path} newer than {than}", f"test {q(path)} -nt {q(than)}",
+                lambda _out, status: status == 0)
+
+
+def postconf_n(postconf: str) -> Fact:
+    """`postconf -n`: the settings main.cf sets; None when Postfix is not installed."""
+    def parse(stdout: str, status: int) -> dict[str, str] | None:
+        if status == 127 or (status != 0 and not stdout):
+            return None
+        if status != 0:
+            raise FactError(f"postconf -n failed (exit {status})")
+        return parse_main_cf(stdout)
+    return Fact("postconf -n", f"{q(postconf)} -n", parse, fresh=None)
+
+
+def postconf_values(postconf: str, names: tuple[str, ...]) -> Fact:
+    """Effective values (defaults included) of some parameters: `postconf -h` per name."""
+    command = f"{q(postconf)} " + " ".join(q(n) for n in names)
+    return Fact(f"postconf {' '.join(names)}", command,
+                _must_succeed("postconf", parse_main_cf))
+
+
+def master_pid(queue_dir: str) -> Fact:
+    """The running master process's pid, or None when Postfix is not running."""
+    pid_file = q(f"{queue_dir}/pid/master.pid")
+    command = (f"[ -r {pid_file} ] || exit 0; read pid < {pid_file}; "
+               "kill -0 $pid 2>/dev/null && echo $pid")
+    return Fact("master pid", command, lambda out, _s: int(out) if out.strip().isdigit() else None)
+
+
+# --- parsers -------------------------------------------------------------------------------
+
+_DEFINITION = re.compile(r"([A-Za-z0-9_]+)\s*=\s?(.*)")
+
+
+def parse_main_cf(text: str) -> dict[str, str]:
+    """Settings of a main.cf (or `postconf -n` output): continuation lines joined, last wins.
+
+    postconf(5): a logical line starts with non-blank text; a line starting with blanks
+    continues it; lines whose first non-blank character is '#' and blank lines are ignored.
+    """
+    return {key: value for key, value, _, _ in _definitions(text.splitlines(keepends=True))}
+
+
+def _definitions(lines: list[str]):
+    """(key, value, first line index, end index) of each setting in main.cf lines."""
+    found = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or line[:1].isspace():
+            i += 1
+            continue
+        match = _DEFINITION.match(line.rstrip("\n"))
+        j = i + 1
+        parts = [match.group(2).strip()] if match else []
+        while j < len(lines) and lines[j][:1].isspace() and lines[j].strip() \
+                and not lines[j].lstrip().startswith("#"):
+            parts.append(lines[j].strip())
+            j += 1
+        if match:
+            found.append((match.group(1), " ".join(p for p in parts if p), i, j))
+        i = j
+    return found
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    """/etc/os-release as a dict (quotes removed)."""
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            values[key] = value
+    return values
+
+
+@dataclass(frozen=True)
+class Listener:
+    address: str  # as the socket table shows it, without brackets: 127.0.0.5, ::1, 0.0.0.0, *
+    port: int
+    process: str
+    pid: int
+
+
+def parse_ss_listeners(text: str) -> list[Listener]:
+    """`ss -Hltnp` lines: the listening TCP sockets with their owning processes."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        local = fields[3]
+        address, _, port = local.rpartition(":")
+        if not port.isdigit():
+            continue
+        address = address.strip("[]").split("%", 1)[0]
+        for process, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line):
+            found.append(Listener(address, int(port), process, int(pid)))
+    return found
+
+
+def split_words(value: str) -> list[str]:
+    """A Postfix list value as its items (commas and blanks both separate)."""
+    return [item for item in re.split(r"[\s,]+", value or "") if item]
+
+
+def network_of(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """A mynetworks entry (Postfix notation, IPv6 in brackets) as a network; None if it is a
+    host name, a file or a lookup table that only Postfix can expand."""
+    address, _, prefix = entry.partition("/")
+    address = address[1:-1] if address.startswith("[") and address.endswith("]") else address
+    try:
+        ip = ipaddress.ip_address(address)
+        return ipaddress.ip_network(f"{ip}/{prefix or ip.max_prefixlen}", strict=False)
+    except ValueError:
+        return None

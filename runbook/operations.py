@@ -1,0 +1,478 @@
+"""Operations: compare what the facts show with what is wanted, and change only the difference.
+
+An operation is an async function of the stage decorated with `@operation(name)`. It reads
+its facts and returns either a `Plan` (the commands to run and the files to write, with
+their new content) or an `Outcome` (a check or probe that changes nothing). The decorator
+does the rest, the same way for every operation:
+
+- an empty plan is `ok`; a dry run shows the plan (every command, a diff of every file)
+  and is `skipped`; interactively the operator approves it first (`interactive.approve`:
+  Approve / Skip buttons, never in batch mode); then it is applied and is `changed`;
+- files are written through `files.write_file` (atomic, old content backed up in the run's
+  backup directory on the target, the first-ever original kept as the baseline);
+- every outcome goes into `stage.results` and the audit as an `operation` record;
+- when anything fails, every file this stage edited is restored from the backup, the
+  `after_restore` hooks run (an alias database rebuilt, Postfix reloaded onto the restored
+  files), the failure and the restore are recorded, and the error is raised again so the
+  notebook stops at the failing cell with the command and its output in view.
+
+The pure text transforms (a key in main.cf, in a shell-style file, an alias entry, a
+crontab line commented out) are at the end: plain functions of text, tested without SSH.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+import shlex
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import facts
+from .errors import RunbookError
+
+STATUSES = ("ok", "changed", "failed", "skipped")
+
+
+class OperationFailed(RunbookError):
+    """An operation found the host in a state it must not continue from; the message says
+    what was found and what to do."""
+
+
+# --- plans ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Run:
+    """A command a plan runs (as root, through the session's single `run()`)."""
+
+    command: str
+    why: str = ""
+    input: str | None = None
+    timeout: float | None = None
+
+    def describe(self) -> str:
+        why = f"    # {self.why}" if self.why else ""
+        fed = "  (with input)" if self.input is not None else ""
+        return f"$ {self.command}{fed}{why}"
+
+
+@dataclass(frozen=True)
+class Write:
+    """A file a plan writes whole: its old content (None: it does not exist) and the new."""
+
+    path: str
+    old: str | None
+    new: str
+    why: str = ""
+    mode: int | None = None
+    owner: str | None = None
+
+    def diff(self) -> str:
+        return unified_diff(self.old, self.new, self.path)
+
+    def describe(self) -> str:
+        head = f"edit {self.path}" + (f"    # {self.why}" if self.why else "")
+        return head + "\n" + self.diff()
+
+
+@dataclass
+class Plan:
+    """What an operation would change: steps in order, and cleanups that always run after."""
+
+    name: str
+    steps: list[Run | Write] = field(default_factory=list)
+    cleanup: list[Run] = field(default_factory=list)
+    undo: list[Run] = field(default_factory=list)  # what reverses the commands if the stage fails
+    found: str = ""  # what the facts showed, said whether or not anything changes
+    skip: str = ""  # set when the operation does not apply here (the reason)
+
+    @property
+    def empty(self) -> bool:
+        return not self.steps
+
+    def describe(self) -> str:
+        if self.skip:
+            return f"{self.name}: not applicable — {self.skip}"
+        if self.empty:
+            return f"{self.name}: nothing to change" + (f" ({self.found})" if self.found else "")
+        lines = [f"{self.name}:" + (f" {self.found}" if self.found else "")]
+        lines += [step.describe() for step in self.steps]
+        lines += [f"{step.describe()}    (always, also after a failure)" for step in self.cleanup]
+        return "\n".join(lines)
+
+    @property
+    def commands(self) -> list[str]:
+        return [s.command for s in self.steps if isinstance(s, Run)] + [
+            s.command for s in self.cleanup]
+
+    @property
+    def writes(self) -> list[Write]:
+        return [s for s in self.steps if isinstance(s, Write)]
+
+
+@dataclass
+class Outcome:
+    """What an operation did or found, shown as the cell's result."""
+
+    name: str
+    status: str
+    detail: str = ""
+    evidence: str = ""  # what the cell shows as proof: a diff, a transcript, log lines
+    plan: Plan | None = None
+    value: Any = None  # what a check found, for the cells and tests that follow
+    duration: float = 0.0
+
+    def report(self) -> str:
+        head = f"[{self.status}] {self.name}" + (f" — {self.detail}" if self.detail else "")
+        body = self.evidence
+        if not body and self.plan is not None and self.plan.steps and self.status != "ok":
+            body = self.plan.describe()
+        return head + ("\n" + body if body else "")
+
+    def _repr_pretty_(self, printer, cycle) -> None:  # IPython shows this as the cell result
+        printer.text(self.report())
+
+
+# --- applying ------------------------------------------------------------------------------
+
+async def apply(stage, plan: Plan) -> str:
+    """Carry out a plan (or only show it): returns ok, changed or skipped."""
+    if plan.skip:
+        return "skipped"
+    if plan.empty:
+        return "ok"
+    if stage.dry_run:
+        print("dry run, nothing changed — would do:\n" + plan.describe())
+        return "skipped"
+    if stage.interactive and not await _approved(stage, plan):
+        return "skipped"
+    from . import files
+
+    failed = False
+    try:
+        for step in plan.steps:
+            if isinstance(step, Write):
+                edited(stage).append(step.path)
+                await files.write_file(
+                    stage.target, step.path, step.new.encode(), run_id=stage.run_id,
+                    mode=step.mode, owner=step.owner, audit=stage.audit)
+            else:
+                await stage.run(step.command, input=step.input, timeout=step.timeout)
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        facts.forget(stage)
+        reversals(stage).extend(plan.undo)
+        await _cleanup(stage, plan, failed)
+    return "changed"
+
+
+async def _cleanup(stage, plan: Plan, failed: bool) -> None:
+    for step in plan.cleanup:
+        try:
+            await stage.run(step.command, input=step.input, timeout=step.timeout)
+        except Exception as error:
+            if not failed:
+                raise
+            # The first error is the one to show; this one is kept in the record.
+            stage.audit.record("note", text=f"cleanup after the failure also failed: {error}")
+
+
+async def _approved(stage, plan: Plan) -> bool:
+    """Interactive mode: show the plan with Approve / Skip and wait for the click (the
+    decision is recorded by `interactive.approve`)."""
+    from . import interactive  # widgets: only ever loaded in interactive mode
+
+    return await interactive.approve(stage, plan)
+
+
+def edited(stage) -> list[str]:
+    """Paths this stage has written (each restored if the stage fails)."""
+    return facts.scratch(stage).setdefault("edited", [])
+
+
+def reversals(stage) -> list[Run]:
+    """Commands that reverse what this stage's plans ran (run in reverse if it fails)."""
+    return facts.scratch(stage).setdefault("undo", [])
+
+
+# Called after files were restored, with the stage and the restored paths; each returns the
+# commands that bring derived state back in line (a rebuilt map, a reloaded daemon).
+AfterRestore = Callable[[Any, list[str]], Awaitable[list[Run]] | list[Run]]
+_after_restore: list[AfterRestore] = []
+
+
+def after_restore(hook: AfterRestore) -> AfterRestore:
+    """Register a hook that runs after a failed stage's files were restored."""
+    _after_restore.append(hook)
+    return hook
+
+
+async def undo(stage, *, whole_run: bool = False) -> list[str]:
+    """Restore the files this stage edited (or, `whole_run`, every file this run edited)
+    from the run's backups on the target, run the after-restore hooks, then reverse the
+    commands this stage ran (its plans' `undo`, last first). Returns the restored paths."""
+    from . import files
+
+    backed_up = set(await files.backed_up_paths(stage.target, stage.run_id))
+    if whole_run:
+        paths = sorted(backed_up)
+        if paths:
+            await files.restore_run(stage.target, stage.run_id, audit=stage.audit)
+    else:
+        paths = [p for p in dict.fromkeys(edited(stage)) if p in backed_up]
+        for path in reversed(paths):
+            await files.restore_file(stage.target, path, run_id=stage.run_id, audit=stage.audit)
+    facts.forget(stage)
+    commands: list[Run] = []
+    for hook in _after_restore:
+        found = hook(stage, paths)
+        commands += (await found) if isinstance(found, Awaitable) else (found or [])
+    commands += reversed(reversals(stage))
+    for step in commands:
+        await stage.run(step.command, input=step.input, timeout=step.timeout)
+    edited(stage).clear()
+    reversals(stage).clear()
+    return paths
+
+
+def record(stage, outcome: Outcome, **extra) -> None:
+    """Put an outcome into stage.results and the audit."""
+    stage.results.append({"name": outcome.name, "status": outcome.status,
+                          "duration": round(outcome.duration, 3), "detail": outcome.detail})
+    fields = {"detail": outcome.detail, "duration": round(outcome.duration, 3)} | extra
+    if outcome.plan is not None and outcome.plan.steps:
+        fields["commands"] = outcome.plan.commands
+        fields["files"] = [w.path for w in outcome.plan.writes]
+    stage.audit.record("operation", name=outcome.name, status=outcome.status, **fields)
+
+
+def operation(name: str, *, undo_run_on_failure: bool = False):
+    """Make an async `fn(stage, ...) -> Plan | Outcome` a recorded, reversible operation."""
+
+    def decorate(fn: Callable[..., Awaitable[Plan | Outcome]]):
+        @functools.wraps(fn)
+        async def run(stage, *args, **kwargs) -> Outcome:
+            started = time.monotonic()
+            try:
+                result = await fn(stage, *args, **kwargs)
+                if isinstance(result, Plan):
+                    status = await apply(stage, result)
+                    detail = result.skip or ("dry run: would change" if status == "skipped"
+                                             and stage.dry_run else result.found)
+                    result = Outcome(name, status, detail, plan=result)
+            except BaseException as error:
+                await _failed(stage, name, error, started, undo_run_on_failure)
+                raise
+            result.name = result.name or name
+            result.duration = time.monotonic() - started
+            record(stage, result)
+            return result
+
+        run.operation_name = name
+        return run
+
+    return decorate
+
+
+async def _failed(stage, name: str, error: BaseException, started: float, whole_run: bool):
+    reason = str(error) or type(error).__name__
+    try:
+        restored = await undo(stage, whole_run=whole_run)
+        restore_note = (f"restored {', '.join(restored)} from the run's backups"
+                        if restored else "no file had been changed")
+    except Exception as undo_error:  # keep the first error; say the restore failed too
+        restored = []
+        restore_note = f"RESTORE FAILED: {undo_error}"
+    outcome = Outcome(name, "failed", reason, duration=time.monotonic() - started)
+    record(stage, outcome, restored=restored, restore=restore_note)
+    print(f"{name} failed: {reason}\n{restore_note}")
+
+
+# --- pure text transforms ------------------------------------------------------------------
+
+def unified_diff(old: str | None, new: str, path: str) -> str:
+    lines = difflib.unified_diff(
+        (old or "").splitlines(keepends=True), new.splitlines(keepends=True),
+        fromfile=f"{path} (now)" if old is not None else "/dev/null",
+        tofile=f"{path} (after)")
+    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
+                   for line in lines)
+
+
+def same_value(a: str | None, b: str | None, *, as_list: bool = True) -> bool:
+    """Whether two Postfix values mean the same: list items compared in order, blanks and
+    commas alike; a scalar compared with its blanks squeezed."""
+    if a is None or b is None:
+        return a is b
+    if as_list:
+        return facts.split_words(a) == facts.split_words(b)
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def set_main_cf(text: str, settings: dict[str, str]) -> str:
+    """main.cf with each `key = value` set as `postconf -e` does it: every definition of the
+    key is replaced (its continuation lines dropped), a key not yet there is appended."""
+    lines = text.splitlines(keepends=True)
+    replace = {start: (key, end) for key, _, start, end in facts._definitions(lines)
+               if key in settings}
+    out, seen, i = [], set(), 0
+    while i < len(lines):
+        if i in replace:
+            key, end = replace[i]
+            out.append(_setting_line(key, settings[key]))
+            seen.add(key)
+            i = end
+        else:
+            out.append(lines[i])
+            i += 1
+    missing = [key for key in settings if key not in seen]
+    if missing and out and not out[-1].endswith("\n"):
+        out[-1] += "\n"
+    out += [_setting_line(key, settings[key]) for key in missing]
+    return "".join(out)
+
+
+def _setting_line(key: str, value: str) -> str:
+    return f"{key} = {value}\n" if value else f"{key} =\n"
+
+
+_ALIAS = re.compile(r"""("[^"]*"|[^\s:#][^:]*?)\s*:(.*)""")
+
+
+def _alias_entries(lines: list[str]):
+    """(name, targets text, first line index, end index) of each entry in an aliases file."""
+    entries, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip() or line.lstrip().startswith("#") or line[:1].isspace():
+            i += 1
+            continue
+        match = _ALIAS.match(line.rstrip("\n"))
+        j = i + 1
+        parts = [match.group(2).strip()] if match else []
+        while j < len(lines) and lines[j][:1].isspace() and lines[j].strip() \
+                and not lines[j].lstrip().startswith("#"):
+            parts.append(lines[j].strip())
+            j += 1
+        if match:
+            entries.append((match.group(1).strip('"').lower(), " ".join(parts), i, j))
+        i = j
+    return entries
+
+
+def parse_aliases(text: str) -> dict[str, list[str]]:
+    """An aliases(5) file: each name with its targets (continuation lines joined)."""
+    return {name: facts.split_words(value)
+            for name, value, _, _ in _alias_entries(text.splitlines(keepends=True))}
+
+
+def set_aliases(text: str, aliases: dict[str, list[str]]) -> str:
+    """The aliases file with each `name: targets` entry set; entries with the same targets
+    (in any spelling) are left exactly as written, others replaced in place or appended."""
+    lines = text.splitlines(keepends=True)
+    entries = _alias_entries(lines)
+    current = {name: facts.split_words(value) for name, value, _, _ in entries}
+    wanted = {name.lower(): list(targets) for name, targets in aliases.items()
+              if current.get(name.lower()) != list(targets)}
+    if not wanted:
+        return text
+    replace = {start: (name, end) for name, _, start, end in entries if name in wanted}
+    out, seen, i = [], set(), 0
+    while i < len(lines):
+        if i in replace:
+            name, end = replace[i]
+            if name not in seen:
+                out.append(f"{name}: {', '.join(wanted[name])}\n")
+                seen.add(name)
+            i = end
+        else:
+            out.append(lines[i])
+            i += 1
+    missing = [name for name in wanted if name not in seen]
+    if missing and out and not out[-1].endswith("\n"):
+        out[-1] += "\n"
+    out += [f"{name}: {', '.join(wanted[name])}\n" for name in missing]
+    return "".join(out)
+
+
+_SHELL_SAFE = re.compile(r"[A-Za-z0-9_./:@%+=,-]+")
+
+
+def shell_value(value: str) -> str:
+    """A value as a shell-style config file writes it: bare when safe, double-quoted when
+    it has blanks (rc.conf.local's own style), single-quoted when it has shell specials."""
+    if _SHELL_SAFE.fullmatch(value):
+        return value
+    if not re.search(r'["\\$`]', value):
+        return f'"{value}"'
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def _shell_assignments(lines: list[str], key: str) -> list[int]:
+    pattern = re.compile(rf"\s*{re.escape(key)}=")
+    return [i for i, line in enumerate(lines) if pattern.match(line)]
+
+
+def get_shell_var(text: str, key: str) -> str | None:
+    """The value a shell-style file (rc.conf.local, /etc/default/*) gives `key`; last wins."""
+    lines = text.splitlines()
+    found = _shell_assignments(lines, key)
+    if not found:
+        return None
+    raw = lines[found[-1]].split("=", 1)[1]
+    try:
+        words = shlex.split(raw, comments=True)
+    except ValueError:
+        return raw.strip()
+    return " ".join(words)
+
+
+def set_shell_var(text: str, key: str, value: str) -> str:
+    """`key=value` in a shell-style file: the last assignment replaced (earlier ones left as
+    they are: the last one wins), or appended when there is none; unchanged if equal."""
+    if get_shell_var(text, key) == value:
+        return text
+    lines = text.splitlines(keepends=True)
+    line = f"{key}={shell_value(value)}\n"
+    found = _shell_assignments(lines, key)
+    if found:
+        lines[found[-1]] = line
+    else:
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        lines.append(line)
+    return "".join(lines)
+
+
+def merge_words(value: str | None, words: str) -> str:
+    """A blank-separated list value with `words` (one word, or a sequence such as a flag and
+    its argument) added at the end unless that sequence is already in it."""
+    have = (value or "").split()
+    add = words.split()
+    for i in range(len(have) - len(add) + 1):
+        if have[i:i + len(add)] == add:
+            return " ".join(have)
+    return " ".join(have + add)
+
+
+def comment_out(text: str, pattern: str) -> str:
+    """Every active line matching the regular expression `pattern`, commented out with a
+    leading '#' and otherwise kept as it was (so the change can be undone by hand)."""
+    regex = re.compile(pattern)
+    lines = text.splitlines(keepends=True)
+    return "".join(
+        "#" + line if line.strip() and not line.lstrip().startswith("#") and regex.search(line)
+        else line
+        for line in lines)
+
+
+def active_lines(text: str, pattern: str) -> list[str]:
+    """The active (uncommented) lines matching `pattern`."""
+    regex = re.compile(pattern)
+    return [line for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#") and regex.search(line)]

@@ -1,0 +1,689 @@
+"""The guide's Postfix steps as named operations: what the stage notebooks call.
+
+Each function is one step of the guide (its id in the operation's name, see
+../shared/guide/STEPS.md): `await ensure_identity(stage)` in a cell is guide step G9.
+The platform profile (`stage.platform`) supplies what differs between systems; everything
+here is the same on every platform. Every operation is recorded, reported ok / changed /
+failed / skipped, and undone with its stage if the stage fails (see operations.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import ipaddress
+import secrets
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from shlex import quote as q
+
+from . import facts, probes
+from .facts import Fact
+from .operations import (
+    OperationFailed,
+    Outcome,
+    Plan,
+    Run,
+    Write,
+    active_lines,
+    after_restore,
+    comment_out,
+    operation,
+    same_value,
+    set_aliases,
+    set_main_cf,
+)
+from .probes import SMTP, ProbeFailed
+
+LIST_SETTINGS = frozenset({"mydestination", "mynetworks", "inet_interfaces", "alias_maps",
+                           "alias_database", "parent_domain_matches_subdomains"})
+# main.cf settings by guide step, in the guide's order.
+IDENTITY = ("mydomain", "myhostname", "myorigin", "mydestination")  # G9
+LISTEN = ("inet_interfaces",)
+TRUST = ("mynetworks", "mynetworks_style")  # G10
+ALIASES = ("alias_maps", "alias_database")  # G11
+PARENT = ("parent_domain_matches_subdomains",)  # G12
+DB_SUFFIX = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb", "dbm": ".pag"}
+LOG_WAIT = 30.0  # seconds the log may take to show the test message delivered
+
+
+# --- what is wanted (pure) -------------------------------------------------------------------
+
+def wanted_settings(params, profile) -> dict[str, str]:
+    """Every main.cf value the runbook sets, in the guide's order."""
+    p = params.postfix
+    alias_maps = p.alias_maps or profile.aliases_table
+    return {
+        "mydomain": p.mydomain,
+        "myhostname": p.myhostname,
+        "myorigin": p.myorigin,
+        "mydestination": ", ".join(p.mydestination),
+        "inet_interfaces": ", ".join(p.inet_interfaces),
+        "mynetworks": " ".join(p.mynetworks),
+        "mynetworks_style": p.mynetworks_style,
+        "alias_maps": alias_maps,
+        "alias_database": p.alias_database or alias_maps,
+        "parent_domain_matches_subdomains": " ".join(p.parent_domain_matches_subdomains),
+        **p.extra_settings,
+    }
+
+
+def differing(current: dict[str, str], wanted: dict[str, str]) -> dict[str, str]:
+    """The wanted settings whose current value means something else."""
+    return {k: v for k, v in wanted.items()
+            if not same_value(current.get(k), v, as_list=k in LIST_SETTINGS)}
+
+
+def alias_source(table: str) -> tuple[str, str, str | None]:
+    """(type, source file, database file or None) of an alias table like hash:/etc/aliases."""
+    kind, _, path = table.partition(":")
+    suffix = DB_SUFFIX.get(kind)
+    return kind, path, (path + suffix) if suffix else None
+
+
+def expand(value: str, params) -> str:
+    """$myhostname / $mydomain references replaced by the parameters' values."""
+    p = params.postfix
+    for name, real in (("myhostname", p.myhostname), ("mydomain", p.mydomain)):
+        value = value.replace("${" + name + "}", real).replace("$" + name, real)
+    return value
+
+
+def test_address(params) -> str:
+    """The test recipient at a domain this server delivers locally (G17)."""
+    domains = [expand(d, params) for d in params.postfix.mydestination]
+    domain = params.postfix.myhostname if params.postfix.myhostname in domains else (
+        domains[0] if domains else "localhost")
+    return f"{params.postfix.test_recipient}@{domain}"
+
+
+def smtp_address(interfaces: list[str]) -> str:
+    """Where a client on the server itself reaches Postfix (the guide: telnet localhost)."""
+    for item in interfaces:
+        if item not in ("all", "loopback-only", "localhost"):
+            return item
+    return "127.0.0.1"
+
+
+def expected_listeners(interfaces: list[str], protocols: list[str]) -> tuple[set, set]:
+    """(addresses that must listen, addresses that may) for inet_interfaces/inet_protocols;
+    a host name can only be checked by the port."""
+    v4 = any(p in ("all", "ipv4") for p in protocols)
+    v6 = any(p in ("all", "ipv6") for p in protocols)
+    must, may = set(), set()
+    for item in interfaces:
+        if item == "all":
+            must |= {"0.0.0.0", "*"} & ({"0.0.0.0", "*"} if v4 else set())
+            may |= {"0.0.0.0", "*", "::"}
+        elif item in ("loopback-only", "localhost"):
+            must.add("127.0.0.1")
+            may |= {"127.0.0.1", "::1"} if v6 else {"127.0.0.1"}
+        else:
+            must.add(item)
+            may.add(item)
+    return must, may
+
+
+# --- state shared by a stage's cells -----------------------------------------------------------
+
+def _state(stage) -> dict:
+    return facts.scratch(stage).setdefault("postfix", {})
+
+
+def _profile(stage):
+    return stage.platform
+
+
+def _main_cf(stage) -> Fact:
+    return facts.file(f"{_profile(stage).config_dir}/main.cf")
+
+
+def _postconf_n(stage) -> Fact:
+    return facts.postconf_n(_profile(stage).postconf)
+
+
+@after_restore
+def _rebuild_aliases(stage, restored: list[str]) -> list[Run]:
+    """After a restore the alias database must match the restored aliases file again."""
+    table = wanted_settings(stage.params, _profile(stage))["alias_database"]
+    _kind, source, database = alias_source(table)
+    if database and source in restored:
+        return [Run(f"{q(_profile(stage).tool('postalias'))} {q(table)}",
+                    why="the alias database follows the restored aliases file")]
+    return []
+
+
+# --- 10-install ------------------------------------------------------------------------------
+
+@operation("G1 install Postfix (services held until configured)")
+async def install(stage) -> Plan:
+    """G1: Postfix, a syslog daemon writing the mail log, and a mail reader, installed
+    without any service starting."""
+    return await _profile(stage).install(stage)
+
+
+@operation("G2 Postfix documentation in a local web root (optional)")
+async def publish_docs(stage) -> Plan:
+    return await _profile(stage).publish_docs(stage, _docs_dir(stage))
+
+
+def _docs_dir(stage) -> str | None:
+    directory = stage.params.postfix.html_docs_dir
+    return str(directory) if directory else None
+
+
+# --- 20-enable -------------------------------------------------------------------------------
+
+@operation("G3 Postfix is the system mailer")
+async def ensure_system_mailer(stage) -> Plan:
+    return await _profile(stage).system_mailer(stage)
+
+
+@operation("G4 previous mail server off at boot")
+async def ensure_previous_mta_off_at_boot(stage) -> Plan:
+    return await _profile(stage).previous_mta_off_at_boot(stage)
+
+
+@operation("G5 log socket inside Postfix's chroot")
+async def ensure_chroot_log_socket(stage) -> Plan:
+    return await _profile(stage).chroot_log_socket(stage)
+
+
+@operation("G6 Postfix starts at boot")
+async def ensure_postfix_at_boot(stage) -> Plan:
+    return await _profile(stage).postfix_on_at_boot(stage)
+
+
+@operation("G7 previous mail server's queue runner commented out in root's crontab")
+async def ensure_queue_runner_commented(stage) -> Plan:
+    profile = _profile(stage)
+    text = await facts.read_one(stage, profile.queue_runner_crontab())
+    plan = Plan("G7 queue runner in root's crontab")
+    if text is None:
+        plan.found = "root has no crontab"
+        return plan
+    lines = active_lines(text, profile.queue_runner)
+    if not lines:
+        commented = [line for line in text.splitlines() if line.lstrip().startswith("#")
+                     and active_lines(line.lstrip("# \t"), profile.queue_runner)]
+        plan.found = ("already commented out: " + "; ".join(commented) if commented
+                      else "no queue runner of another mail server in root's crontab")
+        return plan
+    plan.found = "found: " + "; ".join(lines)
+    plan.steps = [Write(profile.crontab_file, text, comment_out(text, profile.queue_runner),
+                        why="commented, not deleted: going back stays a one-character edit")]
+    return plan
+
+
+@operation("G8 system logger re-reads its configuration")
+async def ensure_syslog_reloaded(stage) -> Plan:
+    return await _profile(stage).syslog_reload(stage)
+
+
+# --- 30-configure ----------------------------------------------------------------------------
+
+@operation("postconf -n before the changes")
+async def current_settings(stage) -> Outcome:
+    """What main.cf sets now (kept to show the difference at the end of the stage)."""
+    settings = await facts.read_one(stage, _postconf_n(stage))
+    if settings is None:
+        return Outcome("", "skipped", "Postfix is not installed yet (the install stage "
+                       "installs it)")
+    _state(stage)["before"] = settings
+    return Outcome("", "ok", f"{len(settings)} settings", evidence=_postconf_text(settings))
+
+
+async def _main_cf_plan(stage, name: str, keys: tuple[str, ...] | None = None,
+                        settings: dict[str, str] | None = None) -> Plan:
+    wanted = wanted_settings(stage.params, _profile(stage))
+    settings = settings if settings is not None else {k: wanted[k] for k in keys}
+    path = f"{_profile(stage).config_dir}/main.cf"
+    text = await facts.read_one(stage, _main_cf(stage))
+    plan = Plan(name)
+    if text is None and not stage.dry_run:
+        raise OperationFailed(f"{path} does not exist: Postfix is not installed or was "
+                              "installed without a configuration — run the install stage")
+    current = facts.parse_main_cf(text or "")
+    change = differing(current, settings)
+    plan.found = "; ".join(f"{k} = {current.get(k, '(default)')}" for k in settings)
+    if change:
+        plan.steps = [Write(path, text, set_main_cf(text or "", change),
+                            why="set " + ", ".join(change))]
+    return plan
+
+
+@operation("G9 main.cf: myhostname, mydomain, myorigin, mydestination")
+async def ensure_identity(stage) -> Plan:
+    return await _main_cf_plan(stage, "G9 identity", IDENTITY)
+
+
+@operation("main.cf: inet_interfaces (where Postfix listens)")
+async def ensure_listen_addresses(stage) -> Plan:
+    return await _main_cf_plan(stage, "inet_interfaces", LISTEN)
+
+
+@operation("G10 main.cf: mynetworks, mynetworks_style (who may relay)")
+async def ensure_trusted_networks(stage) -> Plan:
+    return await _main_cf_plan(stage, "G10 trusted networks", TRUST)
+
+
+@operation("G11 alias database: alias_maps, alias_database, entries, postalias")
+async def ensure_aliases(stage) -> Plan:
+    """main.cf names the alias table, the aliases file holds the entries, and the database
+    is rebuilt only when the file changed or the database is missing or older."""
+    profile = _profile(stage)
+    table = wanted_settings(stage.params, profile)["alias_database"]
+    _kind, source, database = alias_source(table)
+    plan = await _main_cf_plan(stage, "G11 aliases", ALIASES)
+    checks = [facts.file(source)] + ([facts.newer(database, source)] if database else [])
+    text, *fresh_db = await facts.read(stage, *checks)
+    new = set_aliases(text or "", stage.params.postfix.aliases)
+    entries_change = text is None or new != text
+    if entries_change:
+        plan.steps.append(Write(source, text, new, mode=0o644 if text is None else None,
+                                why="alias entries from postfix.aliases"))
+    if database and (entries_change or not fresh_db[0]):
+        plan.steps.append(Run(f"{q(profile.tool('postalias'))} {q(table)}",
+                              why=f"rebuild {database} from {source}"))
+    entries = ", ".join(f"{k}: {', '.join(v)}" for k, v in stage.params.postfix.aliases.items())
+    plan.found = f"{plan.found}; entries {entries or '(none given)'}"
+    return plan
+
+
+@operation("G12 main.cf: parent_domain_matches_subdomains set explicitly")
+async def ensure_parent_domain_matching(stage) -> Plan:
+    return await _main_cf_plan(stage, "G12 parent domain matching", PARENT)
+
+
+@operation("main.cf: further settings from postfix.extra_settings")
+async def ensure_extra_settings(stage) -> Plan:
+    extra = dict(stage.params.postfix.extra_settings)
+    plan = await _main_cf_plan(stage, "extra settings", settings=extra)
+    if not extra:
+        plan.found = "none given"
+    return plan
+
+
+@operation("postconf -n after the changes, as a diff")
+async def settings_diff(stage) -> Outcome:
+    """`postconf -n` now, as a diff against the start of the stage."""
+    after = await facts.read_one(stage, _postconf_n(stage))
+    before = _state(stage).get("before")
+    if after is None:
+        return Outcome("", "skipped", "Postfix is not installed yet")
+    if before is None:
+        return Outcome("", "ok", "no 'before' in this stage", evidence=_postconf_text(after))
+    diff = "".join(difflib.unified_diff(
+        _postconf_text(before).splitlines(keepends=True),
+        _postconf_text(after).splitlines(keepends=True), "postconf -n (before)",
+        "postconf -n (after)"))
+    return Outcome("", "ok", "no setting changed" if not diff else "settings changed",
+                   evidence=diff or _postconf_text(after))
+
+
+def _postconf_text(settings: dict[str, str]) -> str:
+    return "".join(f"{k} = {v}\n" for k, v in settings.items())
+
+
+# --- 40-start --------------------------------------------------------------------------------
+
+@operation("G14 postfix check: no complaints", undo_run_on_failure=True)
+async def check_postfix(stage) -> Outcome:
+    """`postfix check` must print nothing and succeed; otherwise every file this run edited
+    is restored and the stage stops, before anything is stopped or started."""
+    profile = _profile(stage)
+    if not await _installed(stage):
+        return Outcome("", "skipped", "Postfix is not installed yet")
+    result = await stage.run(f"{q(profile.postfix)} check", check=False)
+    said = (result.stdout + result.stderr).strip()
+    if result.exit_status != 0 or said:
+        raise OperationFailed(
+            f"postfix check complained (exit {result.exit_status}):\n{said}\n"
+            "Fix what it names; the files this run edited were put back as they were")
+    return Outcome("", "ok", "no complaints")
+
+
+@operation("G15 postconf -n: every setting as intended", undo_run_on_failure=True)
+async def review_settings(stage) -> Outcome:
+    """The settings Postfix actually reads, compared with the wanted ones; an unknown
+    parameter name in main.cf (a typo) fails here too."""
+    profile = _profile(stage)
+    if not await _installed(stage):
+        return Outcome("", "skipped", "Postfix is not installed yet")
+    result = await stage.run(f"{q(profile.postconf)} -n", stream=False)
+    current = facts.parse_main_cf(result.stdout)
+    wanted = wanted_settings(stage.params, profile)
+    problems = [f"{k} is {current.get(k, '(not set)')!r}, wanted {v!r}"
+                for k, v in differing(current, wanted).items()]
+    problems += [line.strip() for line in result.stderr.splitlines() if "warning" in line]
+    lines = [f"{k} = {v}" + ("" if k in wanted else "    (not managed, left as found)")
+             for k, v in current.items()]
+    if problems and not stage.dry_run:
+        raise OperationFailed("postconf -n does not show what was intended:\n  "
+                              + "\n  ".join(problems))
+    detail = (f"dry run: would differ: {'; '.join(problems)}" if problems else
+              f"{len(wanted)} settings as intended, {len(current) - len(wanted)} others")
+    return Outcome("", "ok", detail, evidence="\n".join(lines))
+
+
+@operation("G13 previous mail server stopped", undo_run_on_failure=True)
+async def stop_previous_mta(stage) -> Plan:
+    return await _profile(stage).stop_previous_mta(stage)
+
+
+@operation("G16 Postfix started (or reloaded onto a changed configuration)",
+           undo_run_on_failure=True)
+async def start_postfix(stage) -> Plan:
+    profile = _profile(stage)
+    pid, stale = await facts.read(stage, facts.master_pid(profile.queue_dir), _stale(stage))
+    stamp = f"mkdir -p {q(profile.state_dir)} && touch {q(profile.loaded_stamp)}"
+    plan = Plan("G16 start Postfix")
+    if pid is None:
+        start = profile.start_postfix()
+        plan.found = "Postfix is not running"
+        plan.steps = [Run(f"{start.command} && {stamp}", why=start.why)]
+        plan.undo = [Run(f"{q(profile.postfix)} stop", why="it was not running before")]
+    elif stale:
+        plan.found = f"master {pid} runs, but {', '.join(stale)} changed since it read them"
+        plan.steps = [Run(f"{q(profile.postfix)} reload && {stamp}",
+                          why="the master re-reads main.cf and master.cf")]
+        plan.undo = [Run(f"{q(profile.postfix)} reload", why="back onto the restored files")]
+    else:
+        plan.found = f"master {pid} runs the current configuration"
+    return plan
+
+
+def _stale(stage) -> Fact:
+    """main.cf / master.cf changed after the master last read them (its start, or the
+    runbook's last reload, whichever is later)."""
+    profile = _profile(stage)
+    pid_file = q(f"{profile.queue_dir}/pid/master.pid")
+    stamp = q(profile.loaded_stamp)
+    files = " ".join(q(f"{profile.config_dir}/{f}") for f in ("main.cf", "master.cf"))
+    command = (f"for f in {files}; do if [ \"$f\" -nt {pid_file} ] && "
+               f"{{ [ ! -e {stamp} ] || [ \"$f\" -nt {stamp} ]; }}; then echo \"$f\"; fi; done")
+    return Fact("configuration newer than the master", command,
+                lambda out, _s: [line.rsplit("/", 1)[-1] for line in out.split()], fresh=[])
+
+
+@operation("master runs and port 25 listens on exactly the configured addresses",
+           undo_run_on_failure=True)
+async def verify_listening(stage) -> Outcome:
+    profile = _profile(stage)
+    values = await facts.read_one(stage, facts.postconf_values(
+        profile.postconf, ("inet_interfaces", "inet_protocols")))
+    interfaces = facts.split_words(values.get("inet_interfaces", ""))
+    protocols = facts.split_words(values.get("inet_protocols", "all"))
+    must, may = expected_listeners(interfaces, protocols)
+    for attempt in range(20):  # after a reload the master re-binds in the background
+        pid, sockets = await facts.read(stage, facts.master_pid(profile.queue_dir),
+                                        profile.listeners())
+        if stage.dry_run and pid is None:
+            return Outcome("", "skipped", "dry run: Postfix is not running")
+        ours = {s.address for s in sockets if s.port == 25 and s.pid == pid}
+        named = [i for i in interfaces if i not in ("all", "loopback-only", "localhost")]
+        hostnames = [i for i in named if not facts.network_of(i)]
+        good = pid is not None and ours and (
+            hostnames or (must <= ours and ours <= may))
+        if good or attempt == 19:
+            break
+        facts.forget(stage)
+        await asyncio.sleep(0.1)
+    evidence = "\n".join(f"{s.address}:{s.port} {s.process} pid {s.pid}" for s in sockets
+                         if s.port == 25)
+    if pid is None:
+        raise OperationFailed("the Postfix master process is not running; see the mail log "
+                              f"({profile.mail_log}) for why it stopped")
+    if not good:
+        raise OperationFailed(
+            f"port 25 of master {pid} listens on {sorted(ours) or 'nothing'}, but "
+            f"inet_interfaces = {', '.join(interfaces)} wants {sorted(must)}"
+            + (f"\nport 25 sockets seen:\n{evidence}" if evidence else ""))
+    return Outcome("", "ok", f"master {pid} listens on {', '.join(sorted(ours))} port 25",
+                   evidence=evidence)
+
+
+async def _installed(stage) -> bool:
+    return await facts.read_one(stage, _postconf_n(stage)) is not None
+
+
+# --- 50-validate -----------------------------------------------------------------------------
+
+@operation("G17 SMTP session from the server itself")
+async def send_test_message(stage) -> Outcome:
+    """The guide's hand-typed SMTP session, through the SSH connection to the server's own
+    SMTP port: greeting, EHLO, MAIL FROM, RCPT TO, DATA, the message, QUIT."""
+    params = stage.params
+    if stage.dry_run:
+        return Outcome("", "skipped", "dry run: no test message is sent")
+    values = await facts.read_one(stage, facts.postconf_values(
+        _profile(stage).postconf, ("inet_interfaces",)))
+    address = smtp_address(facts.split_words(values["inet_interfaces"]))
+    recipient = test_address(params)
+    token = secrets.token_hex(4)
+    subject = f"mail-runbook test {stage.run_id} {token}"
+    message_id = f"{stage.run_id}.{token}@{params.postfix.myhostname}"
+    sender = f"root@{params.postfix.myhostname}"
+    reader, writer = await stage.target.open_connection(address, 25)
+    smtp = SMTP(reader, writer)
+    try:
+        await smtp.greeting()
+        ehlo = await smtp.command(f"EHLO {params.postfix.myhostname}", (250,))
+        await smtp.command(f"MAIL FROM:<{sender}>", (250,))
+        await smtp.command(f"RCPT TO:<{recipient}>", (250,))
+        message = probes.test_message(
+            sender=sender, recipient=recipient, subject=subject, message_id=message_id,
+            date=format_datetime(datetime.now(UTC)), run_id=stage.run_id)
+        queued = await smtp.data(message)
+        qid = probes.queue_id(queued)
+        await smtp.quit()
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+        stage.audit.record("probe", host=stage.target.host, protocol="smtp",
+                           transcript=smtp.transcript, via="ssh tunnel", address=address)
+    extensions = [line[4:] for line in ehlo.lines[1:]]
+    sent = {"queue_id": qid, "subject": subject, "recipient": recipient,
+            "message_id": message_id}
+    _state(stage)["sent"] = sent
+    return Outcome("", "ok", f"queued as {qid} for {recipient} "
+                   f"(EHLO listed {', '.join(extensions)})", evidence=smtp.shown(), value=sent)
+
+
+@operation("G18 the mail log follows the queue id to status=sent")
+async def follow_mail_log(stage) -> Outcome:
+    sent = _state(stage).get("sent")
+    if sent is None:
+        return Outcome("", "skipped", "no test message was sent in this stage")
+    log = _profile(stage).mail_log
+    qid = sent["queue_id"]
+    result = await stage.run(probes.follow_log_command(q(log), qid, LOG_WAIT), check=False,
+                             timeout=LOG_WAIT + 15, stream=False)
+    delivery = probes.parse_queue_log(result.stdout, qid)
+    shown = "\n".join(delivery.lines)
+    if delivery.status != "sent":
+        why = (f"status={delivery.status} {delivery.status_text}" if delivery.status
+               else f"no delivery line within {LOG_WAIT:.0f} s")
+        raise OperationFailed(
+            f"{log} does not show {qid} delivered ({why}):\n{shown or '(no lines)'}")
+    return Outcome("", "ok", f"{qid}: to=<{', '.join(delivery.recipients)}>, relay="
+                   f"{delivery.relay}, status=sent" + (", removed" if delivery.removed else ""),
+                   evidence=shown, value=delivery)
+
+
+@operation("G19 the recipient's mailbox holds the message (read without changing it)")
+async def read_mailbox(stage) -> Outcome:
+    sent = _state(stage).get("sent")
+    if sent is None:
+        return Outcome("", "skipped", "no test message was sent in this stage")
+    profile = _profile(stage)
+    user = stage.params.postfix.test_recipient
+    mailbox = f"{profile.mailbox_dir}/{user}"
+    # The end of the mailbox is enough: the message has just been appended. tail only reads.
+    result = await stage.run(f"tail -c 1048576 {q(mailbox)}", stream=False, quiet=True)
+    message = probes.find_message(result.stdout, sent["subject"])
+    if message is None:
+        raise OperationFailed(f"{mailbox} has no message with subject {sent['subject']!r}, "
+                              "though the log says it was delivered")
+    return Outcome("", "ok", f"{mailbox}: {sent['subject']}",
+                   evidence=probes.show_message(message), value=message)
+
+
+# --- 60-harden -------------------------------------------------------------------------------
+
+@operation("G20 files Postfix's chrooted services need, current")
+async def ensure_chroot_files(stage) -> Plan:
+    profile = _profile(stage)
+    names = " ".join(q(f) for f in profile.chroot_files)
+    queue = q(profile.queue_dir)
+    command = (f"for f in {names}; do if [ ! -f \"/$f\" ]; then echo \"nosource $f\"; "
+               f"elif [ \"$(cksum < \"/$f\")\" = \"$(cksum < {queue}/\"$f\" 2>/dev/null)\" ]; "
+               "then echo \"same $f\"; else echo \"differs $f\"; fi; done")
+    states = await facts.read_one(stage, Fact(
+        "chroot copies", command, lambda out, _s: dict(
+            reversed(line.split(" ", 1)) for line in out.splitlines() if " " in line)))
+    differ = [f for f, state in states.items() if state == "differs"]
+    plan = Plan("G20 chroot files", found=", ".join(f"{f}: {s}" for f, s in states.items()))
+    if differ:
+        copies = "; ".join(f"cp /{q(f)} {queue}/{q(f)}" for f in differ)
+        plan.steps = [Run(f"umask 022; mkdir -p {queue}/etc && {copies}",
+                          why="the chrooted services see these copies, not /etc")]
+    return plan
+
+
+@operation("G21/G10 mynetworks reviewed: not wider than the parameters")
+async def review_mynetworks(stage) -> Outcome:
+    values = await facts.read_one(stage, facts.postconf_values(
+        _profile(stage).postconf, ("mynetworks",)))
+    entries = facts.split_words(values["mynetworks"])
+    allowed = [facts.network_of(n) for n in stage.params.postfix.mynetworks]
+    problems, lines = [], []
+    for entry in entries:
+        network = facts.network_of(entry)
+        if network is None:
+            problems.append(f"{entry}: not an address, cannot be judged here — list "
+                            "networks in postfix.mynetworks instead")
+        elif network.prefixlen == 0:
+            problems.append(f"{entry} trusts every address on the Internet: an open relay")
+        elif not any(a and a.version == network.version and network.subnet_of(a)
+                     for a in allowed):
+            problems.append(f"{entry} is wider than postfix.mynetworks "
+                            f"({', '.join(stage.params.postfix.mynetworks)}) allows")
+        else:
+            lines.append(f"{entry}: {network.num_addresses} address(es), as the parameters say")
+    if problems:
+        raise OperationFailed("mynetworks trusts more than intended:\n  " + "\n  ".join(problems))
+    return Outcome("", "ok", f"mynetworks = {' '.join(entries)}", evidence="\n".join(lines),
+                   value=entries)
+
+
+@operation("G21 open-relay probe from outside mynetworks")
+async def probe_open_relay(stage) -> Outcome:
+    """From this machine straight to the server's port 25 (not through SSH: the server
+    trusts its own connections), ask to relay to a .invalid domain; quit after RCPT."""
+    params = stage.params
+    profile = _profile(stage)
+    values, pid = await facts.read(stage, facts.postconf_values(
+        profile.postconf, ("inet_interfaces", "mynetworks")), facts.master_pid(profile.queue_dir))
+    if pid is None and stage.dry_run:
+        return Outcome("", "skipped", "dry run: Postfix is not running")
+    interfaces = facts.split_words(values["inet_interfaces"])
+    networks = [n for n in map(facts.network_of, facts.split_words(values["mynetworks"])) if n]
+    named = [i for i in interfaces if i not in ("all", "loopback-only", "localhost")]
+    if not named and "all" not in interfaces:
+        return Outcome("", "skipped", "Postfix listens on loopback only: no client on "
+                       "another host can reach it to relay")
+    address = named[0] if named else params.target.host
+    source = params.postfix.probe_source
+    if source and _inside(source, networks):
+        raise OperationFailed(f"postfix.probe_source {source} is inside mynetworks: a probe "
+                              "from there proves nothing — name an address outside it")
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            address, 25, local_addr=(source, 0) if source else None), probes.TIMEOUT)
+    except OSError as e:
+        raise OperationFailed(f"cannot reach {address} port 25 from here"
+                              f"{' (source ' + source + ')' if source else ''}: {e}") from None
+    used = writer.get_extra_info("sockname")[0]
+    smtp = SMTP(reader, writer)
+    try:
+        if _inside(used, networks):
+            raise OperationFailed(
+                f"this machine reaches {address} from {used}, which is inside mynetworks: "
+                "the probe would prove nothing from here — set postfix.probe_source to an "
+                "address of this machine outside mynetworks")
+        await smtp.greeting()
+        await smtp.command("EHLO relay-probe.invalid", (250,))
+        await smtp.command("MAIL FROM:<probe@relay-probe.invalid>", (250,))
+        reply = await smtp.command("RCPT TO:<relay-test@relay-target.invalid>")
+        await smtp.quit()
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+        stage.audit.record("probe", host=address, protocol="smtp", transcript=smtp.transcript,
+                           via=f"direct from {used}", purpose="open relay")
+    if reply.code == 250:
+        raise OperationFailed(f"OPEN RELAY: {address} accepted mail for another domain from "
+                              f"{used}:\n{smtp.shown()}")
+    if reply.code not in probes.RELAY_REFUSED:
+        raise ProbeFailed(f"RCPT was answered {reply.code}, not a relay refusal (454/554), so "
+                          f"the probe shows nothing about relaying:\n{smtp.shown()}")
+    return Outcome("", "ok", f"relay refused from {used}: {reply.lines[-1]}",
+                   evidence=smtp.shown(), value=reply.code)
+
+
+def _inside(address: str, networks) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip.version == n.version and ip in n for n in networks)
+
+
+# --- 90-troubleshoot (read only) ---------------------------------------------------------------
+
+async def _show(stage, command: str, what: str) -> Outcome:
+    result = await stage.run(command, check=False, stream=False)
+    text = (result.stdout + result.stderr).rstrip()
+    return Outcome("", "ok", what, evidence=text or "(nothing)")
+
+
+@operation("G24 the settings Postfix reads (postconf -n)")
+async def show_settings(stage) -> Outcome:
+    return await _show(stage, f"{q(_profile(stage).postconf)} -n", "non-default settings")
+
+
+@operation("G24 the mail queue")
+async def show_queue(stage) -> Outcome:
+    return await _show(stage, f"{q(_profile(stage).tool('postqueue'))} -p", "queued messages")
+
+
+@operation("G24 the end of the mail log")
+async def show_mail_log(stage, lines: int = 40) -> Outcome:
+    log = _profile(stage).mail_log
+    return await _show(stage, f"tail -n {int(lines)} {q(log)}", f"last {lines} lines of {log}")
+
+
+@operation("G24 DNS as Postfix sees it (the chroot's resolv.conf)")
+async def show_dns(stage) -> Outcome:
+    profile = _profile(stage)
+    chroot = q(f"{profile.queue_dir}/etc/resolv.conf")
+    host = q(stage.params.postfix.myhostname)
+    return await _show(stage, (
+        f"echo '# /etc/resolv.conf'; cat /etc/resolv.conf; echo '# {chroot}'; "
+        f"cat {chroot} 2>&1; cmp -s /etc/resolv.conf {chroot} && echo '# the same' || "
+        f"echo '# DIFFERENT: chrooted services resolve with the copy'; "
+        f"echo '# {host}'; getent hosts {host} || echo '(does not resolve)'"),
+        "resolver configuration, host and chroot")
+
+
+@operation("G24 who listens on the mail ports")
+async def show_listeners(stage) -> Outcome:
+    sockets = await facts.read_one(stage, _profile(stage).listeners())
+    mail = [s for s in sockets if s.port in (25, 465, 587, 143, 993)]
+    return Outcome("", "ok", f"{len(mail)} mail socket(s)", evidence="\n".join(
+        f"{s.address}:{s.port} {s.process} pid {s.pid}" for s in mail) or "(none)")
+
+
+@operation("G24 postfix check")
+async def show_check(stage) -> Outcome:
+    return await _show(stage, f"{q(_profile(stage).postfix)} check && echo 'no complaints'",
+                       "postfix check")
