@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import nbformat
+from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
 from . import params as model
@@ -47,9 +48,12 @@ def create(params_file: str | Path | None = None, *, runs: Path = RUNS,
     folder = _unused(runs / f"session-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
     folder.mkdir(parents=True)
     for source in sorted(Path(notebooks).glob("*.ipynb")):
-        nb = _clean(nbformat.read(source, as_version=4))
         if params is not None and source.name[:2].isdigit():
-            nb = parameterize_notebook(nb, stage_parameters(params, folder))
+            # papermill's own loader: it gives every cell the tags list parameterize reads.
+            nb = parameterize_notebook(_clean(load_notebook_node(str(source))),
+                                       stage_parameters(params, folder))
+        else:
+            nb = _clean(nbformat.read(source, as_version=4))
         nbformat.write(nb, folder / source.name)
     if params is not None:
         update_run_json(folder, host=params.target.host, params_file=str(params_file),
