@@ -75,7 +75,9 @@ class TargetLock:
 
     async def _acquire(self) -> None:
         self.target = await Target.connect(self.target_params, None)
-        command = self.target.privileged(hold_command(self.owner))
+        command = hold_command(self.owner)
+        if self.target.privilege:  # sudo/doas, never interactive
+            command = f"{self.target.privilege} -n sh -c {q(command)}"
         self.process = await self.target.conn.create_process(command)
         first = (await self.process.stdout.readline()).strip()
         if first != "locked":

@@ -231,8 +231,8 @@ def quiet_papermill_logging(echo=print) -> None:
     class Echo(logging.Handler):
         def emit(self, record):
             message = record.getMessage()
-            if not message.startswith(("Executing", "Input Notebook", "Output Notebook",
-                                       "Working directory", "Black is not", "Executing notebook")):
+            if not message.startswith(("Executing", "Ending Cell", "Input Notebook",
+                                       "Output Notebook", "Working directory", "Black is not")):
                 echo(message.rstrip("\n"), flush=True)
 
     logger = logging.getLogger("papermill")

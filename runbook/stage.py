@@ -91,7 +91,7 @@ async def _connect(target_params, audit: Audit, stage_name: str) -> Target:
     key = (target_params.host, target_params.port, target_params.user,
            str(target_params.key_file), str(target_params.known_hosts))
     target = _connections.get(key)
-    if target is None or target.closed:
+    if target is None or target.conn.is_closed():
         target = await Target.connect(target_params, audit, stage=stage_name)
         _connections[key] = target
     else:
@@ -99,7 +99,7 @@ async def _connect(target_params, audit: Audit, stage_name: str) -> Target:
     return target
 
 
-def end(stage: Stage) -> dict:
+def end(stage: Stage) -> None:
     """Close the stage: record its end with the operation counts, show the summary."""
     counts = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0}
     for result in stage.results:
@@ -109,4 +109,3 @@ def end(stage: Stage) -> dict:
     stage.audit.record("stage", event="end", status=status, duration=duration, counts=counts)
     print(f"{stage.name}: {status} in {duration:.2f} s — "
           + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
-    return counts
