@@ -94,7 +94,8 @@ class _Lines:
     def feed(self, data: bytes, final: bool = False) -> None:
         text = self.decoder.decode(data, final)
         if self.sink is None and not self.find_pid:
-            self.parts.append(text)
+            self.parts.append(self.partial + text)
+            self.partial = ""
             return
         text = self.partial + text
         cut = len(text) if final else text.rfind("\n") + 1

@@ -3,6 +3,7 @@ host keys, refusals, privilege, audit records, TCP through the target."""
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sshserver import HOST, known_hosts_line, ssh_server
 
 from runbook import target as target_mod
@@ -69,6 +72,34 @@ SLEEP = b"sleep\x001000\x00"
 
 def sleepers(srv) -> list[int]:
     return live_in_groups({p.pid for p in srv.procs}, SLEEP)
+
+
+# --- output streams ----------------------------------------------------------------------
+
+
+def feed_in_chunks(lines, data: bytes, cuts: list[int]) -> None:
+    edges = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    for a, b in itertools.pairwise(edges):
+        lines.feed(data[a:b])
+    lines.feed(b"", final=True)
+
+
+@given(st.binary(), st.lists(st.integers(0, 1 << 16), max_size=8))
+def test_output_keeps_every_byte_and_finds_the_pid_however_it_is_cut(data, cuts):
+    lines = target_mod._Lines(None, str, find_pid=True)
+    feed_in_chunks(lines, b"__mail_runbook_pid__ 4242\n" + data, cuts)
+    assert lines.pid == 4242
+    assert lines.text.encode("utf-8", "surrogateescape") == data
+
+
+@given(st.text(), st.lists(st.integers(0, 1 << 16), max_size=8))
+def test_printed_lines_are_the_output_lines(text, cuts):
+    sink = Clock()
+    lines = target_mod._Lines(sink, str.upper)
+    feed_in_chunks(lines, text.encode(), cuts)
+    assert lines.text == text
+    shown = [line for _, line in sink.lines]
+    assert shown == [line.upper() for line in text.split("\n") if line.strip()]
 
 
 # --- run ---------------------------------------------------------------------------------
