@@ -131,6 +131,7 @@ async def ssh_server(tmp: Path) -> AsyncIterator[Server]:
     finally:
         acceptor.close()
         await acceptor.wait_closed()
-        for proc in server.procs:  # whatever a failed test left running
+        for proc in server.procs:  # whatever a test left running (on purpose or not)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()

@@ -413,8 +413,8 @@ def test_a_missing_key_file_is_named(tmp_path):
 
 def test_unreachable_hosts(tmp_path):
     async def body():
-        messages = []
-        silent = await asyncio.start_server(lambda r, w: None, HOST, 0)  # accepts, never speaks
+        messages, accepted = [], []
+        silent = await asyncio.start_server(lambda r, w: accepted.append(w), HOST, 0)  # mute
         async with silent, ssh_server(tmp_path) as srv:
             closed = srv.params(port=1)
             mute = srv.params(port=silent.sockets[0].getsockname()[1], connect_timeout=0.3)
@@ -423,6 +423,8 @@ def test_unreachable_hosts(tmp_path):
                 with pytest.raises(HostUnreachable) as exc:
                     await Target.connect(params, None)
                 messages.append(str(exc.value))
+        for writer in accepted:
+            writer.close()
         return messages
 
     closed, mute, unknown = asyncio.run(body())
