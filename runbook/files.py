@@ -79,7 +79,7 @@ def _failed(t: Target, what: str, result) -> CommandFailed:
 
 
 async def _read(t: Target, path: str):
-    """(content, (mode, owner, group)) or None, in one round trip."""
+    """(content, (mode, owner, group), file type letter of `ls`) or None, in one round trip."""
     _check_path(path)
     p = q(path)
     script = f"[ -e {p} ] || exit {MISSING}; ls -ldn -- {p} && exec cat -- {p}"
@@ -90,7 +90,8 @@ async def _read(t: Target, path: str):
         raise _failed(t, f"cannot read {path}", r)
     data = r.stdout.encode("utf-8", "surrogateescape")
     ls_line, _, content = data.partition(b"\n")
-    return content, _parse_ls(ls_line.decode("utf-8", "replace"))
+    ls_line = ls_line.decode("utf-8", "replace")
+    return content, _parse_ls(ls_line), ls_line[:1]
 
 
 async def read_file(t: Target, path: str) -> bytes | None:
@@ -100,10 +101,10 @@ async def read_file(t: Target, path: str) -> bytes | None:
 
 
 async def file_stat(t: Target, path: str) -> tuple[int, str, str] | None:
-    """(mode, owner uid, group gid) or None when the path does not exist."""
+    """(mode, owner uid, group gid) of the path (or its symlink's target), None if missing."""
     _check_path(path)
     p = q(path)
-    r = await t.run(f"[ -e {p} ] || exit {MISSING}; ls -ldn -- {p}", check=False, quiet=True)
+    r = await t.run(f"[ -e {p} ] || exit {MISSING}; ls -ldnL -- {p}", check=False, quiet=True)
     if r.exit_status == MISSING:
         return None
     if r.exit_status != 0:
@@ -118,20 +119,20 @@ WRITE_SCRIPT = """set -e
 P={path}; export P; R={run}; B={baseline}; N={name}
 umask 077; mkdir -p "$R" "$B"
 known() {{
-  [ -f "$1/MANIFEST" ] && awk -F'\t' '$1 == ENVIRON["P"] {{f = 1}} END {{exit !f}}' "$1/MANIFEST"
+  [ -f "$1/MANIFEST" ] && awk -F'\\t' '$1 == ENVIRON["P"] {{f = 1}} END {{exit !f}}' "$1/MANIFEST"
 }}
 save() {{
   known "$1" && return 0
   if [ -e "$P" ]; then
     cp -p "$P" "$1/$N"
-    printf '%s\t%s\t%s\t%s\t%s\n' "$P" {sha} "$N" {mode} {owner} >> "$1/MANIFEST"
-  else printf '%s\tabsent\t-\t-\t-\n' "$P" >> "$1/MANIFEST"; fi
+    printf '%s\\t%s\\t%s\\t%s\\t%s\\n' "$P" {sha} "$N" {mode} {owner} >> "$1/MANIFEST"
+  else printf '%s\\tabsent\\t-\\t-\\t-\\n' "$P" >> "$1/MANIFEST"; fi
 }}
 save "$R"; save "$B"
 T=$(mktemp {dir}/.mail-runbook.XXXXXX); trap 'rm -f "$T"' EXIT
 cat > "$T"
 {chown}chmod {mode} "$T"; mv -f "$T" "$P"
-awk -F'\t' '$1 == ENVIRON["P"] {{print $3; exit}}' "$R/MANIFEST"
+awk -F'\\t' '$1 == ENVIRON["P"] {{print $3; exit}}' "$R/MANIFEST"
 """
 
 
@@ -151,7 +152,9 @@ async def write_file(
     """
     _check_run(run_id)
     found = await _read(t, path)
-    before, stat = found if found else (None, None)
+    before, stat, kind = found if found else (None, None, "-")
+    if kind != "-":  # the rename would replace a symlink (or worse) with a plain file
+        raise TargetError(f"{t.dest}: {path} is not a regular file; write the file it points to")
     if before == content:
         return None
     if stat:
@@ -202,7 +205,7 @@ def _diff(path: str, before: bytes | None, after: bytes) -> str:
 # Puts back every MANIFEST entry of a backup folder (or only $ONLY): the saved copy via a
 # temp file and rename, or removes a path that was absent; prints "path<TAB>name" for each.
 RESTORE_SCRIPT = """set -e
-R={folder}; ONLY={only}; TAB=$(printf '\t')
+R={folder}; ONLY={only}; TAB=$(printf '\\t')
 [ -f "$R/MANIFEST" ] || exit 0
 while IFS="$TAB" read -r p sum name mode owner; do
   [ -z "$ONLY" ] || [ "$p" = "$ONLY" ] || continue
@@ -211,7 +214,7 @@ while IFS="$TAB" read -r p sum name mode owner; do
     T=$(mktemp "$(dirname -- "$p")/.mail-runbook.XXXXXX")
     cp -p "$R/$name" "$T"; mv -f "$T" "$p"
   fi
-  printf '%s\t%s\n' "$p" "$name"
+  printf '%s\\t%s\\n' "$p" "$name"
 done < "$R/MANIFEST"
 """
 

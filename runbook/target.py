@@ -3,7 +3,8 @@
 A command runs on its own channel of the one open connection as
 `echo <marker> $$; exec sh -c '<command>'` (inside `sudo -n`/`doas -n` when privileged), so the
 first stdout line names the remote pid: after a timeout its process group is killed over a
-new channel — closing a channel without a PTY leaves the remote process running.
+new channel — closing a channel without a PTY leaves the remote process running. That kill
+is the one command not started by `run()` itself; it is recorded all the same.
 """
 
 import asyncio
@@ -239,11 +240,13 @@ class Target:
                 f"cannot reach {dest}: no SSH answer within {params.connect_timeout} s — check "
                 "target.host and target.port, that sshd runs there, and any firewall"
             ) from None
-        except (OSError, asyncssh.Error) as exc:
+        except OSError as exc:
             raise HostUnreachable(
-                f"cannot reach {dest}: {getattr(exc, 'strerror', None) or exc} — "
+                f"cannot reach {dest}: {exc.strerror or exc} — "
                 "check target.host and target.port, and that sshd runs there"
             ) from None
+        except asyncssh.Error as exc:
+            raise TargetError(f"{dest}: the SSH handshake failed: {exc.reason}") from None
         return cls(conn, params, audit, stage)
 
     async def __aenter__(self) -> "Target":

@@ -149,6 +149,22 @@ def test_write_keeps_mode_and_owner_and_backs_up_elsewhere(tmp_path, etc, backup
     assert record["sha256_after"] == sha(NEW) and record["diff"] == change.diff
 
 
+def test_a_symlink_is_followed_for_reading_and_never_replaced(tmp_path, etc, backups):
+    make(etc / "aliases.real", OLD, mode=0o600)
+    (etc / "aliases").symlink_to("aliases.real")
+
+    async def steps(t):
+        data = await read_file(t, str(etc / "aliases"))
+        mode = await file_stat(t, str(etc / "aliases"))
+        with pytest.raises(TargetError, match="not a regular file"):
+            await write_file(t, str(etc / "aliases"), NEW, run_id="r1")
+        return data, mode
+
+    (data, mode), _ = go(tmp_path, steps)
+    assert data == OLD and mode == (0o600, "1234", "5678")
+    assert (etc / "aliases").is_symlink() and not backups.exists()
+
+
 def test_identical_content_is_a_no_op(tmp_path, etc, backups):
     path = etc / "main.cf"
     make(path, NEW)
