@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import facts
+from . import facts, files
 from .errors import RunbookError
 
 STATUSES = ("ok", "changed", "failed", "skipped")
@@ -127,13 +127,11 @@ class Outcome:
 
     def report(self) -> str:
         head = f"[{self.status}] {self.name}" + (f" — {self.detail}" if self.detail else "")
-        body = self.evidence
-        if not body and self.plan is not None and self.plan.steps and self.status != "ok":
-            body = self.plan.describe()
-        return head + ("\n" + body if body else "")
+        return head + ("\n" + self.evidence if self.evidence else "")
 
-    def _repr_pretty_(self, printer, cycle) -> None:  # IPython shows this as the cell result
-        printer.text(self.report())
+    def _repr_pretty_(self, printer, cycle) -> None:
+        # The cell result: the evidence (the audit record above it already says the status).
+        printer.text(self.evidence or self.report())
 
 
 # --- applying ------------------------------------------------------------------------------
@@ -149,15 +147,14 @@ async def apply(stage, plan: Plan) -> str:
         return "skipped"
     if stage.interactive and not await _approved(stage, plan):
         return "skipped"
-    from . import files
-
     failed = False
     try:
         for step in plan.steps:
             if isinstance(step, Write):
                 edited(stage).append(step.path)
                 await files.write_file(
-                    stage.target, step.path, step.new.encode(), run_id=stage.run_id,
+                    stage.target, step.path, step.new.encode("utf-8", "surrogateescape"),
+                    run_id=stage.run_id,
                     mode=step.mode, owner=step.owner, audit=stage.audit)
             else:
                 await stage.run(step.command, input=step.input, timeout=step.timeout)
@@ -216,8 +213,6 @@ async def undo(stage, *, whole_run: bool = False) -> list[str]:
     """Restore the files this stage edited (or, `whole_run`, every file this run edited)
     from the run's backups on the target, run the after-restore hooks, then reverse the
     commands this stage ran (its plans' `undo`, last first). Returns the restored paths."""
-    from . import files
-
     backed_up = set(await files.backed_up_paths(stage.target, stage.run_id))
     if whole_run:
         paths = sorted(backed_up)

@@ -122,6 +122,13 @@ class Profile:
         """The listening TCP sockets with their owning processes (`facts.Listener`)."""
         raise NotImplementedError
 
+    def settle(self, path: str) -> Run:
+        """Postfix's commands pause until main.cf is two seconds old (so as not to read a
+        file still being written); our writes are atomic renames, so the new file's time
+        is set two seconds back and no command waits."""
+        return Run(f"touch -d '2 seconds ago' {q(path)}",
+                   why="Postfix would pause up to 2 s reading a just-written main.cf")
+
     def queue_runner_crontab(self) -> Fact:
         """Root's crontab as cron keeps it (None when root has none)."""
         return facts.file(self.crontab_file)
@@ -146,13 +153,20 @@ class Debian(Profile):
                    + " ".join(names) + " 2>/dev/null")
         return Fact("dpkg packages", command, lambda out, _s: parse_dpkg_status(out), fresh={})
 
-    def services(self) -> Fact:
+    def boot_services(self) -> Fact:
+        """Each service's boot state (is-enabled; "absent" when there is no such unit).
+        One call per unit: systemctl stops at the first unknown one."""
         command = (f"for u in {' '.join(self.SERVICES)}; do "
-                   'e=$(systemctl is-enabled "$u" 2>/dev/null); '
-                   'a=$(systemctl is-active "$u" 2>/dev/null); '
-                   'echo "$u ${e:-absent} ${a:-inactive}"; done')
-        fresh = {name: ("absent", "inactive") for name in self.SERVICES}
-        return Fact("systemd services", command, lambda out, _s: parse_services(out), fresh)
+                   'e=$(systemctl is-enabled "$u" 2>/dev/null); echo "$u ${e:-absent}"; done')
+        fresh = dict.fromkeys(self.SERVICES, "absent")
+        return Fact("services at boot", command, lambda out, _s: parse_pairs(out), fresh)
+
+    def running_services(self) -> Fact:
+        """Each service's state now (active, inactive, failed, …), in one call."""
+        command = "systemctl is-active " + " ".join(self.SERVICES)
+        fresh = dict.fromkeys(self.SERVICES, "inactive")
+        return Fact("services running", command,
+                    lambda out, _s: dict(zip(self.SERVICES, out.split(), strict=False)), fresh)
 
     def listeners(self) -> Fact:
         return Fact("listening sockets", "ss -Hltnp",
@@ -228,12 +242,12 @@ class Debian(Profile):
         return plan
 
     async def previous_mta_off_at_boot(self, stage) -> Plan:
-        services = await facts.read_one(stage, self.services())
+        boot = await facts.read_one(stage, self.boot_services())
         plan = Plan("previous mail server off at boot")
         enabled = [s for s in self.previous_mtas
-                   if services.get(s, ("absent",))[0] in ("enabled", "enabled-runtime")]
-        present = [s for s in self.previous_mtas if services.get(s, ("absent",))[0] != "absent"]
-        plan.found = (f"{', '.join(present)} present" if present
+                   if boot.get(s) in ("enabled", "enabled-runtime")]
+        present = [s for s in self.previous_mtas if boot.get(s, "absent") != "absent"]
+        plan.found = (", ".join(f"{s} {boot[s]}" for s in present) if present
                       else "no other mail server is installed")
         plan.steps = [Run(f"systemctl disable {q(s)}", why=f"{s} must not start at boot")
                       for s in enabled]
@@ -260,8 +274,7 @@ class Debian(Profile):
         return plan
 
     async def postfix_on_at_boot(self, stage) -> Plan:
-        services = await facts.read_one(stage, self.services())
-        state = services.get("postfix", ("absent",))[0]
+        state = (await facts.read_one(stage, self.boot_services())).get("postfix", "absent")
         plan = Plan("Postfix on at boot", found=f"postfix.service is {state}")
         if state != "enabled":
             plan.steps = [Run("systemctl enable postfix", why="start Postfix at boot")]
@@ -269,13 +282,12 @@ class Debian(Profile):
 
     async def syslog_reload(self, stage) -> Plan:
         socket = f"{self.queue_dir}/dev/log"
-        services, has_socket = await facts.read(
-            stage, self.services(), facts.exists(socket, "-S"))
+        installed, running, has_socket = await facts.read(
+            stage, self.packages(), self.running_services(), facts.exists(socket, "-S"))
         plan = Plan("system logger re-reads its configuration")
-        state = services.get("rsyslog", ("absent", "inactive"))
-        if state[0] == "absent":
+        if not installed.get("rsyslog"):
             plan.skip = "rsyslog is not installed"
-        elif state[1] != "active":
+        elif running.get("rsyslog") != "active":
             plan.found = "rsyslog is not running (it was installed with services held)"
             plan.steps = [Run("systemctl enable --now rsyslog",
                               why="it writes the mail log and the chroot socket")]
@@ -288,8 +300,8 @@ class Debian(Profile):
 
     # --- G13, G16 ------------------------------------------------------------------------------
     async def stop_previous_mta(self, stage) -> Plan:
-        services = await facts.read_one(stage, self.services())
-        running = [s for s in self.previous_mtas if services.get(s, ("", ""))[1] == "active"]
+        states = await facts.read_one(stage, self.running_services())
+        running = [s for s in self.previous_mtas if states.get(s) == "active"]
         plan = Plan("previous mail server stopped",
                     found=f"running: {', '.join(running)}" if running
                     else "no other mail server is running")
@@ -315,16 +327,9 @@ def parse_dpkg_status(text: str) -> dict[str, bool]:
     return found
 
 
-def parse_services(text: str) -> dict[str, tuple[str, str]]:
-    """Lines `unit enabled-state active-state`; an unknown unit is ("absent", …)."""
-    found = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        enabled = parts[1] if len(parts) > 1 and parts[1] != "not-found" else "absent"
-        found[parts[0]] = (enabled, parts[2] if len(parts) > 2 else "inactive")
-    return found
+def parse_pairs(text: str) -> dict[str, str]:
+    """Lines `name state` as a dict."""
+    return dict(line.split(None, 1) for line in text.splitlines() if len(line.split()) == 2)
 
 
 def debian(release: str) -> Profile:

@@ -249,7 +249,7 @@ async def _main_cf_plan(stage, name: str, keys: tuple[str, ...] | None = None,
     plan.found = "; ".join(f"{k} = {current.get(k, '(default)')}" for k in settings)
     if change:
         plan.steps = [Write(path, text, set_main_cf(text or "", change),
-                            why="set " + ", ".join(change))]
+                            why="set " + ", ".join(change)), _profile(stage).settle(path)]
     return plan
 
 
@@ -377,7 +377,8 @@ async def stop_previous_mta(stage) -> Plan:
 async def start_postfix(stage) -> Plan:
     profile = _profile(stage)
     pid, stale = await facts.read(stage, facts.master_pid(profile.queue_dir), _stale(stage))
-    stamp = f"mkdir -p {q(profile.state_dir)} && touch {q(profile.loaded_stamp)}"
+    files = " ".join(q(f"{profile.config_dir}/{f}") for f in ("main.cf", "master.cf"))
+    stamp = (f"mkdir -p {q(profile.state_dir)} && cksum {files} > {q(profile.loaded_stamp)}")
     plan = Plan("G16 start Postfix")
     if pid is None:
         start = profile.start_postfix()
@@ -385,7 +386,7 @@ async def start_postfix(stage) -> Plan:
         plan.steps = [Run(f"{start.command} && {stamp}", why=start.why)]
         plan.undo = [Run(f"{q(profile.postfix)} stop", why="it was not running before")]
     elif stale:
-        plan.found = f"master {pid} runs, but {', '.join(stale)} changed since it read them"
+        plan.found = f"master {pid} runs, but main.cf or master.cf changed since it read them"
         plan.steps = [Run(f"{q(profile.postfix)} reload && {stamp}",
                           why="the master re-reads main.cf and master.cf")]
         plan.undo = [Run(f"{q(profile.postfix)} reload", why="back onto the restored files")]
@@ -395,16 +396,19 @@ async def start_postfix(stage) -> Plan:
 
 
 def _stale(stage) -> Fact:
-    """main.cf / master.cf changed after the master last read them (its start, or the
-    runbook's last reload, whichever is later)."""
+    """Whether main.cf / master.cf differ from what the running master read. When the
+    runbook (re)loaded it last, its stamp holds the files' checksums as they were then;
+    when something else started it later (a boot), the files must not be newer."""
     profile = _profile(stage)
-    pid_file = q(f"{profile.queue_dir}/pid/master.pid")
+    pid = q(f"{profile.queue_dir}/pid/master.pid")
     stamp = q(profile.loaded_stamp)
-    files = " ".join(q(f"{profile.config_dir}/{f}") for f in ("main.cf", "master.cf"))
-    command = (f"for f in {files}; do if [ \"$f\" -nt {pid_file} ] && "
-               f"{{ [ ! -e {stamp} ] || [ \"$f\" -nt {stamp} ]; }}; then echo \"$f\"; fi; done")
-    return Fact("configuration newer than the master", command,
-                lambda out, _s: [line.rsplit("/", 1)[-1] for line in out.split()], fresh=[])
+    main, master = (q(f"{profile.config_dir}/{f}") for f in ("main.cf", "master.cf"))
+    command = (f"[ -e {pid} ] || exit 0; "
+               f"if [ -f {stamp} ] && [ ! {pid} -nt {stamp} ]; then "
+               f"[ \"$(cksum {main} {master})\" = \"$(cat {stamp})\" ] || echo stale; "
+               f"elif [ {main} -nt {pid} ] || [ {master} -nt {pid} ]; then echo stale; fi")
+    return Fact("configuration changed since the master read it", command,
+                lambda out, _s: out.strip() == "stale", fresh=False)
 
 
 @operation("master runs and port 25 listens on exactly the configured addresses",

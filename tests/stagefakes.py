@@ -3,7 +3,6 @@ facts come from a dict (by fact name) put into the stage's fact cache beforehand
 
 from __future__ import annotations
 
-import sys
 import types
 from pathlib import Path
 
@@ -106,9 +105,8 @@ class Files(types.ModuleType):
 
 
 def install_files(monkeypatch) -> Files:
-    import runbook
+    from runbook import operations
 
     fake = Files()
-    monkeypatch.setitem(sys.modules, "runbook.files", fake)
-    monkeypatch.setattr(runbook, "files", fake, raising=False)
+    monkeypatch.setattr(operations, "files", fake)
     return fake

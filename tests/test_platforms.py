@@ -55,8 +55,8 @@ def test_detect_reads_uname_and_os_release_in_one_command():
 def test_parse_dpkg_status_and_services():
     assert platforms.parse_dpkg_status("postfix ii \nrsyslog un \nbsd-mailx\n") == {
         "postfix": True, "rsyslog": False, "bsd-mailx": False}
-    assert platforms.parse_services("postfix enabled active\nexim4 absent inactive\n") == {
-        "postfix": ("enabled", "active"), "exim4": ("absent", "inactive")}
+    assert platforms.parse_pairs("postfix enabled\nexim4 absent\n") == {
+        "postfix": "enabled", "exim4": "absent"}
 
 
 def test_debian_install_plan_holds_services_and_always_removes_the_policy(monkeypatch):
@@ -94,21 +94,21 @@ def test_system_mailer_must_be_postfixs(monkeypatch):
 
 
 def test_previous_mta_disabled_and_stopped_only_when_there(monkeypatch):
-    services = {"exim4": ("enabled", "active"), "postfix": ("enabled", "inactive")}
-    stage = Stage({"systemd services": services})
+    stage = Stage({"services at boot": {"exim4": "enabled", "postfix": "enabled"},
+                   "services running": {"exim4": "active", "postfix": "inactive"}})
     assert [s.command for s in run(stage.platform.previous_mta_off_at_boot(stage)).steps] == [
         "systemctl disable exim4"]
     stop = run(stage.platform.stop_previous_mta(stage))
     assert [s.command for s in stop.steps] == ["systemctl stop exim4"]
     assert [s.command for s in stop.undo] == ["systemctl start exim4"]
-    stage = Stage({"systemd services": {"exim4": ("absent", "inactive")}})
+    stage = Stage({"services at boot": {"exim4": "absent"}})
     assert run(stage.platform.previous_mta_off_at_boot(stage)).empty
 
 
 def test_chroot_log_socket_and_syslog_reload():
     line = "$AddUnixListenSocket /var/spool/postfix/dev/log\n"
     known = {"dpkg packages": {"rsyslog": True}, "file /etc/rsyslog.d/postfix.conf": line,
-             "systemd services": {"rsyslog": ("enabled", "inactive")},
+             "services running": {"rsyslog": "inactive"},
              "test -S /var/spool/postfix/dev/log": False}
     stage = Stage(known)
     assert run(stage.platform.chroot_log_socket(stage)).empty
@@ -116,7 +116,7 @@ def test_chroot_log_socket_and_syslog_reload():
     stage = Stage(known | {"file /etc/rsyslog.d/postfix.conf": None})
     (write,) = run(stage.platform.chroot_log_socket(stage)).steps
     assert write.new.endswith("$AddUnixListenSocket /var/spool/postfix/dev/log\n")
-    stage = Stage(known | {"systemd services": {"rsyslog": ("enabled", "active")},
+    stage = Stage(known | {"services running": {"rsyslog": "active"},
                            "test -S /var/spool/postfix/dev/log": True})
     assert run(stage.platform.syslog_reload(stage)).empty
 
