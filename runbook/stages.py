@@ -29,6 +29,13 @@ class StageInfo:
 # Order matters: a run executes the default stages top to bottom.
 MANIFEST: tuple[StageInfo, ...] = (
     StageInfo("00-preflight", "Preflight: what is on the host", "before G1"),
+    StageInfo("10-install", "Install Postfix", "G1, G2 (G5, G8 on Debian)"),
+    StageInfo("20-enable", "Postfix becomes the system mailer", "G3-G7"),
+    StageInfo("30-configure", "Minimal configuration", "G9-G12"),
+    StageInfo("40-start", "Check and start", "G13-G16"),
+    StageInfo("50-validate", "A test message, end to end", "G17-G19"),
+    StageInfo("60-harden", "Chroot files and relay review", "G20, G21, G10"),
+    StageInfo("90-troubleshoot", "Troubleshooting", "G24", default=False),
 )
 
 
