@@ -20,7 +20,9 @@ Debian 12 is here now. Its departures from the guide's OpenBSD, step by step:
 
 from __future__ import annotations
 
+import contextlib
 import re
+import weakref
 from dataclasses import dataclass
 from shlex import quote as q
 from typing import ClassVar
@@ -33,6 +35,7 @@ from .operations import OperationFailed, Plan, Run, Write, active_lines
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 POLICY_SAVED = "/usr/sbin/policy-rc.d.mail-runbook-saved"
 POLICY_MARK = "mail-runbook"
+RSYSLOG_CONF = "/etc/rsyslog.d/postfix.conf"
 
 
 class UnsupportedPlatform(RunbookError):
@@ -122,6 +125,11 @@ class Profile:
         """The listening TCP sockets with their owning processes (`facts.Listener`)."""
         raise NotImplementedError
 
+    def postfix_check(self) -> str:
+        """The command for G14. postfix-script logs its warnings with postlog, which also
+        prints them only when stderr is a terminal: a profile must make them visible."""
+        return f"{q(self.postfix)} check"
+
     def settle(self, path: str) -> Run:
         """Postfix's commands pause until main.cf is two seconds old (so as not to read a
         file still being written); our writes are atomic renames, so the new file's time
@@ -132,6 +140,10 @@ class Profile:
     def queue_runner_crontab(self) -> Fact:
         """Root's crontab as cron keeps it (None when root has none)."""
         return facts.file(self.crontab_file)
+
+    def prefetch(self, stage_name: str) -> list[Fact]:
+        """The platform's facts a stage's operations will read (fetched together)."""
+        return []
 
 
 class Debian(Profile):
@@ -171,6 +183,28 @@ class Debian(Profile):
     def listeners(self) -> Fact:
         return Fact("listening sockets", "ss -Hltnp",
                     lambda out, _s: facts.parse_ss_listeners(out), fresh=[])
+
+    def postfix_check(self) -> str:
+        # script(1) gives postfix check a terminal, so its warnings reach us (and not only
+        # the mail log); -e passes on its exit status.
+        return f"script -qec {q(self.postfix + ' check')} /dev/null"
+
+    def sendmail_owner(self) -> Fact:
+        return facts.command_output("sendmail owner", f"dpkg-query -S {q(self.sendmail)} 2>&1")
+
+    def rsyslog_conf(self) -> Fact:
+        return facts.file(RSYSLOG_CONF)
+
+    def log_socket(self) -> Fact:
+        return facts.exists(f"{self.queue_dir}/dev/log", "-S")
+
+    def prefetch(self, stage_name: str) -> list[Fact]:
+        return {
+            "10-install": [self.packages()],
+            "20-enable": [self.sendmail_owner(), self.boot_services(), self.packages(),
+                          self.rsyslog_conf(), self.running_services(), self.log_socket()],
+            "40-start": [self.running_services(), self.listeners()],
+        }.get(stage_name, [])
 
     # --- G1, G2 ----------------------------------------------------------------------------
     async def install(self, stage) -> Plan:
@@ -228,9 +262,7 @@ class Debian(Profile):
 
     # --- G3 .. G8 ----------------------------------------------------------------------------
     async def system_mailer(self, stage) -> Plan:
-        owner = await facts.read_one(stage, facts.command_output(
-            "sendmail owner", f"dpkg-query -S {q(self.sendmail)} 2>&1"))
-        text, status = owner
+        text, status = await facts.read_one(stage, self.sendmail_owner())
         plan = Plan("Postfix is the system mailer")
         package = text.split(":", 1)[0].strip() if status == 0 else ""
         if package != "postfix":
@@ -254,9 +286,9 @@ class Debian(Profile):
         return plan
 
     async def chroot_log_socket(self, stage) -> Plan:
-        path = "/etc/rsyslog.d/postfix.conf"
+        path = RSYSLOG_CONF
         line = f"$AddUnixListenSocket {self.queue_dir}/dev/log"
-        installed, text = await facts.read(stage, self.packages(), facts.file(path))
+        installed, text = await facts.read(stage, self.packages(), self.rsyslog_conf())
         plan = Plan("log socket inside Postfix's chroot")
         if not installed.get("rsyslog"):
             plan.skip = ("the system logger is not rsyslog: give it a socket at "
@@ -283,7 +315,7 @@ class Debian(Profile):
     async def syslog_reload(self, stage) -> Plan:
         socket = f"{self.queue_dir}/dev/log"
         installed, running, has_socket = await facts.read(
-            stage, self.packages(), self.running_services(), facts.exists(socket, "-S"))
+            stage, self.packages(), self.running_services(), self.log_socket())
         plan = Plan("system logger re-reads its configuration")
         if not installed.get("rsyslog"):
             plan.skip = "rsyslog is not installed"
@@ -383,14 +415,25 @@ def choose(family: str, release: str, wanted_name: str = "auto",
     return factory(release)
 
 
+# What each open connection's host turned out to be: the stages of a run share one
+# connection, and the system does not change under it.
+_identified: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 async def detect(stage) -> Profile:
-    """The host's profile: `uname -sr` and /etc/os-release in one command, honouring
-    params.platform when it names the system. Raises UnsupportedPlatform."""
-    marker = "@@os-release"
-    result = await stage.run(f"uname -sr; echo {marker}; cat /etc/os-release 2>/dev/null",
-                             privileged=False, check=False, stream=False, quiet=True)
-    uname, _, os_release = result.stdout.partition(f"{marker}\n")
-    family, release = identify(uname, os_release)
+    """The host's profile: `uname -sr` and /etc/os-release in one command (once per
+    connection), honouring params.platform when it names the system. Raises
+    UnsupportedPlatform."""
+    try:
+        family, release = _identified[stage.target]
+    except (KeyError, TypeError):
+        marker = "@@os-release"
+        result = await stage.run(f"uname -sr; echo {marker}; cat /etc/os-release 2>/dev/null",
+                                 privileged=False, check=False, stream=False, quiet=True)
+        uname, _, os_release = result.stdout.partition(f"{marker}\n")
+        family, release = identify(uname, os_release)
+        with contextlib.suppress(TypeError):
+            _identified[stage.target] = family, release
     wanted = stage.params.platform
     try:
         return choose(family, release, wanted.name, wanted.release)

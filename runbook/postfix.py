@@ -143,6 +143,27 @@ def _postconf_n(stage) -> Fact:
     return facts.postconf_n(_profile(stage).postconf)
 
 
+def _pid(stage) -> Fact:
+    return facts.master_pid(_profile(stage).queue_dir)
+
+
+def _effective(stage) -> Fact:
+    """The values Postfix uses (defaults included) for where it listens and whom it trusts."""
+    return facts.postconf_values(_profile(stage).postconf,
+                                 ("inet_interfaces", "inet_protocols", "mynetworks"))
+
+
+def _alias_facts(stage) -> list[Fact]:
+    table = wanted_settings(stage.params, _profile(stage))["alias_database"]
+    _kind, source, database = alias_source(table)
+    return [facts.file(source)] + ([facts.newer(database, source)] if database else [])
+
+
+def _prefetch(stage_name: str, generic) -> None:
+    facts.PREFETCH[stage_name] = lambda stage: (
+        _profile(stage).prefetch(stage_name) + generic(stage))
+
+
 @after_restore
 def _rebuild_aliases(stage, restored: list[str]) -> list[Run]:
     """After a restore the alias database must match the restored aliases file again."""
@@ -276,8 +297,7 @@ async def ensure_aliases(stage) -> Plan:
     table = wanted_settings(stage.params, profile)["alias_database"]
     _kind, source, database = alias_source(table)
     plan = await _main_cf_plan(stage, "G11 aliases", ALIASES)
-    checks = [facts.file(source)] + ([facts.newer(database, source)] if database else [])
-    text, *fresh_db = await facts.read(stage, *checks)
+    text, *fresh_db = await facts.read(stage, *_alias_facts(stage))
     new = set_aliases(text or "", stage.params.postfix.aliases)
     entries_change = text is None or new != text
     if entries_change:
@@ -335,8 +355,8 @@ async def check_postfix(stage) -> Outcome:
     profile = _profile(stage)
     if not await _installed(stage):
         return Outcome("", "skipped", "Postfix is not installed yet")
-    result = await stage.run(f"{q(profile.postfix)} check", check=False)
-    said = (result.stdout + result.stderr).strip()
+    result = await stage.run(profile.postfix_check(), check=False)
+    said = (result.stdout + result.stderr).replace("\r", "").strip()
     if result.exit_status != 0 or said:
         raise OperationFailed(
             f"postfix check complained (exit {result.exit_status}):\n{said}\n"
@@ -376,7 +396,7 @@ async def stop_previous_mta(stage) -> Plan:
            undo_run_on_failure=True)
 async def start_postfix(stage) -> Plan:
     profile = _profile(stage)
-    pid, stale = await facts.read(stage, facts.master_pid(profile.queue_dir), _stale(stage))
+    pid, stale = await facts.read(stage, _pid(stage), _stale(stage))
     files = " ".join(q(f"{profile.config_dir}/{f}") for f in ("main.cf", "master.cf"))
     stamp = (f"mkdir -p {q(profile.state_dir)} && cksum {files} > {q(profile.loaded_stamp)}")
     plan = Plan("G16 start Postfix")
@@ -415,13 +435,12 @@ def _stale(stage) -> Fact:
            undo_run_on_failure=True)
 async def verify_listening(stage) -> Outcome:
     profile = _profile(stage)
-    values = await facts.read_one(stage, facts.postconf_values(
-        profile.postconf, ("inet_interfaces", "inet_protocols")))
+    values = await facts.read_one(stage, _effective(stage))
     interfaces = facts.split_words(values.get("inet_interfaces", ""))
     protocols = facts.split_words(values.get("inet_protocols", "all"))
     must, may = expected_listeners(interfaces, protocols)
     for attempt in range(20):  # after a reload the master re-binds in the background
-        pid, sockets = await facts.read(stage, facts.master_pid(profile.queue_dir),
+        pid, sockets = await facts.read(stage, _pid(stage),
                                         profile.listeners())
         if stage.dry_run and pid is None:
             return Outcome("", "skipped", "dry run: Postfix is not running")
@@ -461,8 +480,7 @@ async def send_test_message(stage) -> Outcome:
     params = stage.params
     if stage.dry_run:
         return Outcome("", "skipped", "dry run: no test message is sent")
-    values = await facts.read_one(stage, facts.postconf_values(
-        _profile(stage).postconf, ("inet_interfaces",)))
+    values = await facts.read_one(stage, _effective(stage))
     address = smtp_address(facts.split_words(values["inet_interfaces"]))
     recipient = test_address(params)
     token = secrets.token_hex(4)
@@ -539,27 +557,32 @@ async def read_mailbox(stage) -> Outcome:
 @operation("G20 files Postfix's chrooted services need, current")
 async def ensure_chroot_files(stage) -> Plan:
     profile = _profile(stage)
-    names = " ".join(q(f) for f in profile.chroot_files)
-    queue = q(profile.queue_dir)
-    command = (f"for f in {names}; do if [ ! -f \"/$f\" ]; then echo \"nosource $f\"; "
-               f"elif [ \"$(cksum < \"/$f\")\" = \"$(cksum < {queue}/\"$f\" 2>/dev/null)\" ]; "
-               "then echo \"same $f\"; else echo \"differs $f\"; fi; done")
-    states = await facts.read_one(stage, Fact(
-        "chroot copies", command, lambda out, _s: dict(
-            reversed(line.split(" ", 1)) for line in out.splitlines() if " " in line)))
+    states = await facts.read_one(stage, _chroot_copies(stage))
     differ = [f for f, state in states.items() if state == "differs"]
     plan = Plan("G20 chroot files", found=", ".join(f"{f}: {s}" for f, s in states.items()))
     if differ:
+        queue = q(profile.queue_dir)
         copies = "; ".join(f"cp /{q(f)} {queue}/{q(f)}" for f in differ)
         plan.steps = [Run(f"umask 022; mkdir -p {queue}/etc && {copies}",
                           why="the chrooted services see these copies, not /etc")]
     return plan
 
 
+def _chroot_copies(stage) -> Fact:
+    """For each file the chroot needs: same, differs (from /etc) or nosource."""
+    profile = _profile(stage)
+    names = " ".join(q(f) for f in profile.chroot_files)
+    queue = q(profile.queue_dir)
+    command = (f"for f in {names}; do if [ ! -f \"/$f\" ]; then echo \"nosource $f\"; "
+               f"elif [ \"$(cksum < \"/$f\")\" = \"$(cksum < {queue}/\"$f\" 2>/dev/null)\" ]; "
+               "then echo \"same $f\"; else echo \"differs $f\"; fi; done")
+    return Fact("chroot copies", command, lambda out, _s: {
+        name: state for state, _, name in (line.partition(" ") for line in out.splitlines())})
+
+
 @operation("G21/G10 mynetworks reviewed: not wider than the parameters")
 async def review_mynetworks(stage) -> Outcome:
-    values = await facts.read_one(stage, facts.postconf_values(
-        _profile(stage).postconf, ("mynetworks",)))
+    values = await facts.read_one(stage, _effective(stage))
     entries = facts.split_words(values["mynetworks"])
     allowed = [facts.network_of(n) for n in stage.params.postfix.mynetworks]
     problems, lines = [], []
@@ -587,9 +610,7 @@ async def probe_open_relay(stage) -> Outcome:
     """From this machine straight to the server's port 25 (not through SSH: the server
     trusts its own connections), ask to relay to a .invalid domain; quit after RCPT."""
     params = stage.params
-    profile = _profile(stage)
-    values, pid = await facts.read(stage, facts.postconf_values(
-        profile.postconf, ("inet_interfaces", "mynetworks")), facts.master_pid(profile.queue_dir))
+    values, pid = await facts.read(stage, _effective(stage), _pid(stage))
     if pid is None and stage.dry_run:
         return Outcome("", "skipped", "dry run: Postfix is not running")
     interfaces = facts.split_words(values["inet_interfaces"])
@@ -689,5 +710,19 @@ async def show_listeners(stage) -> Outcome:
 
 @operation("G24 postfix check")
 async def show_check(stage) -> Outcome:
-    return await _show(stage, f"{q(_profile(stage).postfix)} check && echo 'no complaints'",
+    return await _show(stage, f"{_profile(stage).postfix_check()} && echo '(no complaints)'",
                        "postfix check")
+
+
+# --- what each stage will read, fetched in its first round trip ---------------------------------
+
+_STAGE_FACTS = {
+    "10-install": lambda stage: [],
+    "20-enable": lambda stage: [_profile(stage).queue_runner_crontab()],
+    "30-configure": lambda stage: [_postconf_n(stage), _main_cf(stage), *_alias_facts(stage)],
+    "40-start": lambda stage: [_postconf_n(stage), _pid(stage), _stale(stage), _effective(stage)],
+    "50-validate": lambda stage: [_effective(stage)],
+    "60-harden": lambda stage: [_chroot_copies(stage), _effective(stage), _pid(stage)],
+}
+for _name, _generic in _STAGE_FACTS.items():
+    _prefetch(_name, _generic)
