@@ -70,6 +70,8 @@ def parse_survey(text: str) -> Survey:
         survey.clock = datetime.strptime(clock, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     survey.sendmail = "".join(sections.get("sendmail", [])).strip()
     running = {line.strip().rsplit("/", 1)[-1] for line in sections.get("processes", [])}
+    if "master" in running:
+        running.discard("smtpd")  # Postfix's own SMTP server, not OpenSMTPD
     survey.mta_running = sorted({name for proc, name in MTA_PROCESSES.items() if proc in running})
     postconf = sections.get("postconf", [])
     survey.postfix_present = "# present" in postconf
@@ -117,8 +119,8 @@ def _listeners(lines: list[str]) -> dict[int, list[str]]:
         for token in line.split():
             match = re.fullmatch(r"(.+)[:.](\d+)", token)
             if match and int(match.group(2)) in PORTS:
-                process = re.search(r'users:\(\("([^"]+)"', line)
-                label = match.group(1) + (f" ({process.group(1)})" if process else "")
+                owners = sorted(set(re.findall(r'\("([^"]+)",pid=', line)))
+                label = match.group(1) + (f" ({', '.join(owners)})" if owners else "")
                 found.setdefault(int(match.group(2)), []).append(label)
                 break
     return found

@@ -15,8 +15,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import platform
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -193,15 +195,24 @@ def _failure_message(stage: str, error: PapermillExecutionError, output: Path) -
 
 
 class _kernel:
-    """One kernel for every stage of the run; shut down whatever happens."""
+    """One kernel for every stage of the run; shut down whatever happens.
+
+    It talks over Unix sockets in a private temp dir, not loopback TCP: nothing else on
+    the machine can reach the kernel that holds the SSH session.
+    """
 
     def __enter__(self) -> KernelManager:
-        self.km = KernelManager(kernel_name="python3")
+        self.sockets = tempfile.TemporaryDirectory(prefix="runbook-kernel-")
+        self.km = KernelManager(kernel_name="python3", transport="ipc",
+                                ip=os.path.join(self.sockets.name, "kernel"))
         self.km.start_kernel(cwd=str(PROJECT))
         return self.km
 
     def __exit__(self, *exc) -> None:
-        self.km.shutdown_kernel(now=True)
+        try:
+            self.km.shutdown_kernel(now=True)
+        finally:
+            self.sockets.cleanup()
 
 
 def _git_commit() -> str | None:
