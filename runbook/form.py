@@ -144,11 +144,12 @@ class Field:
         self.info = info
         self.kind, self.optional = _unwrap(info.annotation)
         self.input = self._widget(lambda: on_change(self))
-        self.error = w.HTML(layout=w.Layout(margin="0 0 0 1em"))
+        self.error = w.HTML(layout=w.Layout(margin="0 0 0 1em", flex="1 1 auto"))
         self.error.add_class("rb-error")
         self.error.add_class(f"rb-error-{section}-{key}")
         star = "" if not info.is_required() else " *"
-        label = w.Label(key + star, layout=w.Layout(width="14em"), tooltip=info.description)
+        label = w.Label(key + star, tooltip=info.description,
+                        layout=w.Layout(width="14em", min_width="14em"))
         help_text = w.HTML(f'<small style="color:#666">{html.escape(info.description or "")}'
                            "</small>", layout=w.Layout(margin="0 0 0.6em 14.5em"))
         self.box = w.VBox([w.HBox([label, self.input, self.error]), help_text])
@@ -325,6 +326,7 @@ class Form:
         if self._filling:
             return
         self.touched.add(field.name)
+        self.status.value = ""  # what it said (loaded, valid, saved) is no longer so
         self._show(self.check()[1], only=self.touched)
 
     def _show(self, problems: list[tuple[str, str]], only=None) -> list[str]:
