@@ -8,7 +8,7 @@ keeps their state; `reset` replaces one with a fresh host.
 
 Layout:
   /var/lib/mail-runbook/lab/            lock, id_ed25519(.pub): the lab's SSH key
-    hosts/<name>/                       upper/ work/ root/ host.json known_hosts
+    hosts/<name>/                       upper/ work/ root/ debs-upper/ host.json known_hosts
                                         mail_password nspawn.pid nspawn.log
   /var/cache/mail-runbook/base-<suite>/ the base image (renamed into place when complete)
   /var/cache/mail-runbook/debs/         .deb cache bound into every host
@@ -451,11 +451,16 @@ def _add_mail_user(host: Host) -> None:
 def _boot(host: Host) -> None:
     _mount(host)
     _add_address(host)
+    (host.dir / "debs-upper").mkdir(exist_ok=True)
     nspawn = shutil.which("systemd-nspawn", path=PATH)
     with host.log_file.open("a") as log:  # kept across boots: why did the last one end?
         log.write(f"--- boot {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     args = ["systemd-nspawn", "--quiet", "--boot", f"--machine={host.name}",
-            f"--directory={host.root}", f"--bind={DEBS}:/var/cache/apt/archives",
+            f"--directory={host.root}",
+            # The shared .deb cache as the lower layer of a per-host overlay: every host
+            # sees the pre-fetched packages, but apt's lock file is its own (a plain bind
+            # mount shares the lock, and two hosts could never install at once).
+            f"--overlay={DEBS}:{host.dir / 'debs-upper'}:/var/cache/apt/archives",
             # without these two it fails with "Failed to open system bus" when the machine
             # has no systemd/machined to register with
             "--register=no", "--keep-unit",

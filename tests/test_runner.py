@@ -63,18 +63,21 @@ def test_audit_verify_rejects_one_changed_byte(preflight_run, tmp_path):
     copy = tmp_path / "run"
     subprocess.run(["cp", "-r", str(preflight_run), str(copy)], check=True)
     data = bytearray((copy / "audit.jsonl").read_bytes())
-    data[data.index(b'"command"') + 2] ^= 0x01  # one byte of the first command record
+    at = data.index(b'"type":"command"') + 9  # one byte of the first command record
+    line = data[:at].count(b"\n") + 1
+    data[at] ^= 0x01
     (copy / "audit.jsonl").write_bytes(bytes(data))
-    with pytest.raises(AuditError, match="record"):
+    with pytest.raises(AuditError, match=rf"line {line} \(seq {line}\): changed"):
         audit.verify(copy)
     cli = subprocess.run([sys.executable, "-m", "runbook.cli", "audit", "verify", str(copy)],
                          capture_output=True, text=True)
-    assert cli.returncode != 0 and "record" in cli.stderr
+    assert cli.returncode != 0 and f"line {line} (seq {line})" in cli.stderr
 
 
 def test_resume_continues_the_same_chain(preflight_run, lab_host):
     before = len(records(preflight_run))
-    runner.run(lab_host["params_file"], start="preflight", run_dir=preflight_run)
+    runner.run(lab_host["params_file"], stages=["preflight"], start="preflight",
+               run_dir=preflight_run)
     after = records(preflight_run)
     assert len(after) > before
     assert audit.verify(preflight_run) == len(after)
