@@ -177,10 +177,16 @@ def postconf_n(postconf: str) -> Fact:
 
 
 def postconf_values(postconf: str, names: tuple[str, ...]) -> Fact:
-    """Effective values (defaults included) of some parameters: `postconf -h` per name."""
+    """Effective values (defaults included) of some parameters; None when Postfix is not
+    installed."""
+    def parse(stdout: str, status: int) -> dict[str, str] | None:
+        if status == 127:
+            return None
+        if status != 0:
+            raise FactError(f"postconf {' '.join(names)} failed (exit {status})")
+        return parse_main_cf(stdout)
     command = f"{q(postconf)} " + " ".join(q(n) for n in names)
-    return Fact(f"postconf {' '.join(names)}", command,
-                _must_succeed("postconf", parse_main_cf))
+    return Fact(f"postconf {' '.join(names)}", command, parse)
 
 
 def master_pid(queue_dir: str) -> Fact:

@@ -143,6 +143,19 @@ def _postconf_n(stage) -> Fact:
     return facts.postconf_n(_profile(stage).postconf)
 
 
+NOT_INSTALLED = "dry run: Postfix is not installed yet (the install stage would install it)"
+
+
+async def _postfix_values(stage) -> dict[str, str] | None:
+    """The effective values of `_effective`; None only in a dry run on a host without
+    Postfix (the operation then says it would follow the install)."""
+    values = await facts.read_one(stage, _effective(stage))
+    if values is None and not stage.dry_run:
+        raise OperationFailed("Postfix is not installed on this host: run the install stage "
+                              "(10-install) first")
+    return values
+
+
 def _pid(stage) -> Fact:
     return facts.master_pid(_profile(stage).queue_dir)
 
@@ -435,7 +448,9 @@ def _stale(stage) -> Fact:
            undo_run_on_failure=True)
 async def verify_listening(stage) -> Outcome:
     profile = _profile(stage)
-    values = await facts.read_one(stage, _effective(stage))
+    values = await _postfix_values(stage)
+    if values is None:
+        return Outcome("", "skipped", NOT_INSTALLED)
     interfaces = facts.split_words(values.get("inet_interfaces", ""))
     protocols = facts.split_words(values.get("inet_protocols", "all"))
     must, may = expected_listeners(interfaces, protocols)
@@ -480,7 +495,9 @@ async def send_test_message(stage) -> Outcome:
     params = stage.params
     if stage.dry_run:
         return Outcome("", "skipped", "dry run: no test message is sent")
-    values = await facts.read_one(stage, _effective(stage))
+    values = await _postfix_values(stage)
+    if values is None:
+        return Outcome("", "skipped", NOT_INSTALLED)
     address = smtp_address(facts.split_words(values["inet_interfaces"]))
     recipient = test_address(params)
     token = secrets.token_hex(4)
@@ -582,7 +599,9 @@ def _chroot_copies(stage) -> Fact:
 
 @operation("G21/G10 mynetworks reviewed: not wider than the parameters")
 async def review_mynetworks(stage) -> Outcome:
-    values = await facts.read_one(stage, _effective(stage))
+    values = await _postfix_values(stage)
+    if values is None:
+        return Outcome("", "skipped", NOT_INSTALLED)
     entries = facts.split_words(values["mynetworks"])
     allowed = [facts.network_of(n) for n in stage.params.postfix.mynetworks]
     problems, lines = [], []
@@ -610,7 +629,9 @@ async def probe_open_relay(stage) -> Outcome:
     """From this machine straight to the server's port 25 (not through SSH: the server
     trusts its own connections), ask to relay to a .invalid domain; quit after RCPT."""
     params = stage.params
-    values, pid = await facts.read(stage, _effective(stage), _pid(stage))
+    values, pid = await _postfix_values(stage), await facts.read_one(stage, _pid(stage))
+    if values is None:
+        return Outcome("", "skipped", NOT_INSTALLED)
     if pid is None and stage.dry_run:
         return Outcome("", "skipped", "dry run: Postfix is not running")
     interfaces = facts.split_words(values["inet_interfaces"])

@@ -86,11 +86,16 @@ def test_install_failure_still_removes_the_policy(monkeypatch):
 
 
 def test_system_mailer_must_be_postfixs(monkeypatch):
-    stage = Stage({"sendmail owner": ("postfix: /usr/sbin/sendmail\n", 0)})
+    stage = Stage({"sendmail owner": ("postfix: /usr/sbin/sendmail\n", 0),
+                   "dpkg packages": {"postfix": True}})
     assert run(stage.platform.system_mailer(stage)).empty
-    stage = Stage({"sendmail owner": ("exim4-daemon-light: /usr/sbin/sendmail\n", 0)})
+    exim = {"sendmail owner": ("exim4-daemon-light: /usr/sbin/sendmail\n", 0),
+            "dpkg packages": {}}
     with pytest.raises(OperationFailed, match="belongs to exim4-daemon-light"):
+        stage = Stage(exim)
         run(stage.platform.system_mailer(stage))
+    dry = Stage(exim, dry_run=True)
+    assert "would install it" in run(dry.platform.system_mailer(dry)).skip
 
 
 def test_previous_mta_disabled_and_stopped_only_when_there(monkeypatch):
