@@ -213,15 +213,21 @@ def parse_main_cf(text: str) -> dict[str, str]:
 
 def _definitions(lines: list[str]):
     """(key, value, first line index, end index) of each setting in main.cf lines."""
-    found = []
-    i = 0
+    return [(m.group(1), value, i, j) for m, value, i, j in entries(lines, _DEFINITION)]
+
+
+def entries(lines: list[str], start: re.Pattern) -> list[tuple[re.Match, str, int, int]]:
+    """The logical lines of a Postfix-style file (main.cf, aliases): each starts with a
+    non-blank line matching `start` (its group 2 the value's beginning) and takes the
+    following lines that start with blanks. Blank lines and '#' lines are skipped.
+    Returns (match, value with its lines joined by a space, first index, end index)."""
+    found, i = [], 0
     while i < len(lines):
         line = lines[i]
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#") or line[:1].isspace():
+        if not line.strip() or line.lstrip().startswith("#") or line[:1].isspace():
             i += 1
             continue
-        match = _DEFINITION.match(line.rstrip("\n"))
+        match = start.match(line.rstrip("\n"))
         j = i + 1
         parts = [match.group(2).strip()] if match else []
         while j < len(lines) and lines[j][:1].isspace() and lines[j].strip() \
@@ -229,7 +235,7 @@ def _definitions(lines: list[str]):
             parts.append(lines[j].strip())
             j += 1
         if match:
-            found.append((match.group(1), " ".join(p for p in parts if p), i, j))
+            found.append((match, " ".join(p for p in parts if p), i, j))
         i = j
     return found
 

@@ -310,30 +310,36 @@ def same_value(a: str | None, b: str | None, *, as_list: bool = True) -> bool:
 
 
 def set_main_cf(text: str, settings: dict[str, str]) -> str:
-    """main.cf with each `key = value` set as `postconf -e` does it: every definition of the
-    key is replaced (its continuation lines dropped), a key not yet there is appended."""
+    """main.cf with each `key = value` set much as `postconf -e` does it: the key's first
+    definition is replaced in place (its continuation lines dropped, and any later
+    definition of the same key removed), a key not yet there is appended."""
     lines = text.splitlines(keepends=True)
-    replace = {start: (key, end) for key, _, start, end in facts._definitions(lines)
-               if key in settings}
-    out, seen, i = [], set(), 0
-    while i < len(lines):
-        if i in replace:
-            key, end = replace[i]
-            out.append(_setting_line(key, settings[key]))
-            seen.add(key)
-            i = end
-        else:
-            out.append(lines[i])
-            i += 1
-    missing = [key for key in settings if key not in seen]
-    if missing and out and not out[-1].endswith("\n"):
-        out[-1] += "\n"
-    out += [_setting_line(key, settings[key]) for key in missing]
-    return "".join(out)
+    found = [(key, start, end) for key, _, start, end in facts._definitions(lines)]
+    return _rewrite(lines, found, {k: _setting_line(k, v) for k, v in settings.items()})
 
 
 def _setting_line(key: str, value: str) -> str:
     return f"{key} = {value}\n" if value else f"{key} =\n"
+
+
+def _rewrite(lines: list[str], found: list[tuple[str, int, int]], new: dict[str, str]) -> str:
+    """`lines` with the entries `found` (key, first index, end index) whose key is in `new`
+    replaced by new[key] (once: later entries of the key dropped), missing keys appended."""
+    replace = {start: (key, end) for key, start, end in found if key in new}
+    out, seen, i = [], set(), 0
+    while i < len(lines):
+        if i not in replace:
+            out.append(lines[i])
+            i += 1
+            continue
+        key, i = replace[i]
+        if key not in seen:
+            out.append(new[key])
+            seen.add(key)
+    missing = [key for key in new if key not in seen]
+    if missing and out and not out[-1].endswith("\n"):
+        out[-1] += "\n"
+    return "".join(out + [new[key] for key in missing])
 
 
 _ALIAS = re.compile(r"""("[^"]*"|[^\s:#][^:]*?)\s*:(.*)""")
@@ -341,23 +347,8 @@ _ALIAS = re.compile(r"""("[^"]*"|[^\s:#][^:]*?)\s*:(.*)""")
 
 def _alias_entries(lines: list[str]):
     """(name, targets text, first line index, end index) of each entry in an aliases file."""
-    entries, i = [], 0
-    while i < len(lines):
-        line = lines[i]
-        if not line.strip() or line.lstrip().startswith("#") or line[:1].isspace():
-            i += 1
-            continue
-        match = _ALIAS.match(line.rstrip("\n"))
-        j = i + 1
-        parts = [match.group(2).strip()] if match else []
-        while j < len(lines) and lines[j][:1].isspace() and lines[j].strip() \
-                and not lines[j].lstrip().startswith("#"):
-            parts.append(lines[j].strip())
-            j += 1
-        if match:
-            entries.append((match.group(1).strip('"').lower(), " ".join(parts), i, j))
-        i = j
-    return entries
+    return [(m.group(1).strip('"').lower(), value, i, j)
+            for m, value, i, j in facts.entries(lines, _ALIAS)]
 
 
 def parse_aliases(text: str) -> dict[str, list[str]]:
@@ -376,23 +367,8 @@ def set_aliases(text: str, aliases: dict[str, list[str]]) -> str:
               if current.get(name.lower()) != list(targets)}
     if not wanted:
         return text
-    replace = {start: (name, end) for name, _, start, end in entries if name in wanted}
-    out, seen, i = [], set(), 0
-    while i < len(lines):
-        if i in replace:
-            name, end = replace[i]
-            if name not in seen:
-                out.append(f"{name}: {', '.join(wanted[name])}\n")
-                seen.add(name)
-            i = end
-        else:
-            out.append(lines[i])
-            i += 1
-    missing = [name for name in wanted if name not in seen]
-    if missing and out and not out[-1].endswith("\n"):
-        out[-1] += "\n"
-    out += [f"{name}: {', '.join(wanted[name])}\n" for name in missing]
-    return "".join(out)
+    found = [(name, start, end) for name, _, start, end in entries]
+    return _rewrite(lines, found, {n: f"{n}: {', '.join(t)}\n" for n, t in wanted.items()})
 
 
 _SHELL_SAFE = re.compile(r"[A-Za-z0-9_./:@%+=,-]+")

@@ -59,6 +59,12 @@ def test_set_main_cf_replaces_in_place_and_drops_continuation_lines():
     assert facts.parse_main_cf(new)["mynetworks"] == "127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128"
 
 
+def test_set_main_cf_leaves_one_definition_of_a_key_defined_twice():
+    text = "a = 1\nmynetworks = 10.0.0.0/8\nb = 2\nmynetworks = 0.0.0.0/0\n"
+    assert set_main_cf(text, {"mynetworks": "127.0.0.1/32"}) == (
+        "a = 1\nmynetworks = 127.0.0.1/32\nb = 2\n")
+
+
 def test_set_main_cf_empty_value_and_missing_final_newline():
     assert set_main_cf("a = b", {"parent_domain_matches_subdomains": ""}) == (
         "a = b\nparent_domain_matches_subdomains =\n")
