@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ import pytest
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
-from runbook import interactive
+from runbook import interactive, session
 from runbook.audit import Audit, verify
+from runbook.errors import ParamsError
 
 PROJECT = Path(__file__).resolve().parent.parent
 STAGE_NOTEBOOKS = sorted((PROJECT / "notebooks").glob("[0-9][0-9]-*.ipynb"))
@@ -269,3 +271,66 @@ def test_start_notebook_finishes_headless(tmp_path, monkeypatch):
     assert plain and all("Box(" in text for text in plain), plain
     assert not any(o.get("output_type") == "error" for c in nb.cells
                    for o in c.get("outputs", []))
+
+
+# --- session folders ------------------------------------------------------------------------
+
+def test_a_session_holds_clean_copies_of_every_notebook(tmp_path):
+    folder = session.create(runs=tmp_path)
+    assert folder.parent == tmp_path and folder.name.startswith("session-")
+    committed = sorted(p.name for p in (PROJECT / "notebooks").glob("*.ipynb"))
+    assert sorted(p.name for p in folder.glob("*.ipynb")) == committed
+    for name in committed:
+        nb = nbformat.read(folder / name, as_version=4)
+        assert not any(c.get("outputs") for c in nb.cells), name
+    assert session.create(runs=tmp_path) != folder, "a second session gets its own folder"
+
+
+def test_a_session_for_a_params_file_prepares_its_stage_notebooks(tmp_path):
+    params_file = PROJECT / "params" / "example-debian.yaml"
+    folder = session.create(params_file, runs=tmp_path)
+    for notebook in STAGE_NOTEBOOKS:
+        nb = nbformat.read(folder / notebook.name, as_version=4)
+        (injected,) = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert 'mode = "interactive"' in injected.source
+        assert f'run_dir = "{folder}"' in injected.source
+        assert "mail.example.org" in injected.source
+    start = nbformat.read(folder / "start.ipynb", as_version=4)
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in start.cells)
+    run = json.loads((folder / "run.json").read_text())
+    assert (run["host"], run["mode"]) == ("mail.example.org", "interactive")
+
+
+def test_bad_params_create_no_session(tmp_path):
+    data = yaml.safe_load((PROJECT / "params" / "example-debian.yaml").read_text())
+    data["postfix"]["mydomain"] = "example.com; touch /tmp/x"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ParamsError, match=r"postfix\.mydomain"):
+        session.create(tmp_path / "bad.yaml", runs=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_jupyterlab_listens_on_loopback_with_a_token_and_fetches_nothing(tmp_path):
+    lab = session.Lab(tmp_path)
+    command = lab.command()
+    assert "--ServerApp.ip=127.0.0.1" in command and "--no-browser" in command
+    assert f"--IdentityProvider.token={lab.token}" in command and len(lab.token) >= 32
+    assert f"--ServerApp.root_dir={tmp_path}" in command
+    assert "--LabApp.news_url=None" in command
+    assert ("--allow-root" in command) == (os.geteuid() == 0)
+    assert lab.url("s/start.ipynb") == (
+        f"http://127.0.0.1:{lab.port}/lab/tree/s/start.ipynb?token={lab.token}")
+
+
+def test_the_start_notebook_offers_a_session_for_the_saved_file(tmp_path, monkeypatch):
+    shown: list = []
+    monkeypatch.setattr("IPython.display.display", shown.append)
+    form = SimpleNamespace(saved=None)
+    session.offer(form, runs=tmp_path)
+    button, result = shown[0].children
+    button.click()
+    assert "Save a params file" in result.value and not list(tmp_path.iterdir())
+    form.saved = PROJECT / "params" / "example-debian.yaml"
+    button.click()
+    (folder,) = tmp_path.iterdir()
+    assert folder.name in result.value and "30-configure" in result.value
