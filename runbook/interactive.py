@@ -16,7 +16,6 @@ import html
 import time
 from collections.abc import AsyncIterator
 
-import ipywidgets as w
 from IPython.display import display
 
 APPROVE, SKIP = "approve", "skip"
@@ -54,6 +53,8 @@ class Gate:
     """Approve / Skip buttons resolving one Future; the buttons go inert once decided."""
 
     def __init__(self):
+        import ipywidgets as w  # only an interactive approval needs widgets
+
         self._loop = asyncio.get_running_loop()
         self.decision: asyncio.Future[str] = self._loop.create_future()
         self.approve = w.Button(description="Approve", icon="check", button_style="success")
