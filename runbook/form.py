@@ -201,6 +201,9 @@ class Field:
                 self.input.value = "" if value is None else str(value)
             elif value is not None:
                 self.input.value = value
+                if self.input.value != value:  # a bounded number box clamps silently
+                    return (f"{value!r} from the file is outside "
+                            f"{self.input.min} … {self.input.max}")
         except (TraitError, TypeError, AttributeError):
             choices = getattr(self.input, "options", None)
             hint = f"; one of {', '.join(map(str, choices))}" if choices else ""

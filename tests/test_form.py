@@ -175,11 +175,13 @@ def test_loading_a_file_with_unknown_keys_and_unusable_values_says_so(tmp_path):
     data = yaml.safe_load((PROJECT / "params" / "example-debian.yaml").read_text())
     data["postfix"]["mydomian"] = "typo.test"
     data["target"]["privilege"] = "su"
+    data["target"]["port"] = 70000
     (tmp_path / "odd.yaml").write_text(yaml.safe_dump(data))
     form = Form(tmp_path)
     assert form.load(tmp_path / "odd.yaml") is None
     assert "postfix.mydomian: unknown key" in form.problems.value
     assert "one of none, sudo, doas" in errors(form)["target.privilege"]
+    assert "70000 from the file is outside 1 … 65535" in errors(form)["target.port"]
     assert "fix the fields" in form.status.value
 
 
