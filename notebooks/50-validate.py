@@ -57,9 +57,10 @@ await pf.follow_mail_log(stage)
 # %% [markdown]
 # ## G19 · The message in the recipient's mailbox
 #
-# The guide opens the mailbox with `mail -u`. Reading it that way can mark or move
-# messages, so here the end of the mailbox file is only read, and the message with this
-# run's subject is shown.
+# The guide opens the mailbox with `mail -u` and reads the message. Quitting `mail` the
+# usual way marks messages read and may move them, so here it only lists the newest
+# message and leaves with `x` (nothing changed); the message itself is then read from the
+# end of the mailbox file and shown. It stays there for the user.
 
 # %%
 await pf.read_mailbox(stage)

@@ -209,10 +209,12 @@ def after_restore(hook: AfterRestore) -> AfterRestore:
     return hook
 
 
-async def undo(stage, *, whole_run: bool = False) -> list[str]:
+async def undo(stage, *, whole_run: bool = False) -> tuple[list[str], list[str]]:
     """Restore the files this stage edited (or, `whole_run`, every file this run edited)
     from the run's backups on the target, run the after-restore hooks, then reverse the
-    commands this stage ran (its plans' `undo`, last first). Returns the restored paths."""
+    commands this stage ran (its plans' `undo`, last first).
+
+    Returns the restored paths and the follow-up commands that failed (each is tried)."""
     backed_up = set(await files.backed_up_paths(stage.target, stage.run_id))
     if whole_run:
         paths = sorted(backed_up)
@@ -228,11 +230,15 @@ async def undo(stage, *, whole_run: bool = False) -> list[str]:
         found = hook(stage, paths)
         commands += (await found) if isinstance(found, Awaitable) else (found or [])
     commands += reversed(reversals(stage))
+    problems = []
     for step in commands:
-        await stage.run(step.command, input=step.input, timeout=step.timeout)
+        try:
+            await stage.run(step.command, input=step.input, timeout=step.timeout)
+        except Exception as error:
+            problems.append(f"{step.command}: {error}")
     edited(stage).clear()
     reversals(stage).clear()
-    return paths
+    return paths, problems
 
 
 def record(stage, outcome: Outcome, **extra) -> None:
@@ -277,9 +283,11 @@ def operation(name: str, *, undo_run_on_failure: bool = False):
 async def _failed(stage, name: str, error: BaseException, started: float, whole_run: bool):
     reason = str(error) or type(error).__name__
     try:
-        restored = await undo(stage, whole_run=whole_run)
+        restored, problems = await undo(stage, whole_run=whole_run)
         restore_note = (f"restored {', '.join(restored)} from the run's backups"
                         if restored else "no file had been changed")
+        if problems:
+            restore_note += "; but these follow-ups failed: " + "; ".join(problems)
     except Exception as undo_error:  # keep the first error; say the restore failed too
         restored = []
         restore_note = f"RESTORE FAILED: {undo_error}"

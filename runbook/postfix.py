@@ -501,7 +501,7 @@ async def send_test_message(stage) -> Outcome:
     address = smtp_address(facts.split_words(values["inet_interfaces"]))
     recipient = test_address(params)
     token = secrets.token_hex(4)
-    subject = f"mail-runbook test {stage.run_id} {token}"
+    subject = f"mail-runbook {token} test of run {stage.run_id}"
     message_id = f"{stage.run_id}.{token}@{params.postfix.myhostname}"
     sender = f"root@{params.postfix.myhostname}"
     reader, writer = await stage.target.open_connection(address, 25)
@@ -553,20 +553,28 @@ async def follow_mail_log(stage) -> Outcome:
 
 @operation("G19 the recipient's mailbox holds the message (read without changing it)")
 async def read_mailbox(stage) -> Outcome:
+    """The guide's `mail -u USER`, told to show the newest message's header line and leave
+    with `x` (no change to the mailbox); then the message itself, read from the end of the
+    mailbox file (tail only reads)."""
     sent = _state(stage).get("sent")
     if sent is None:
         return Outcome("", "skipped", "no test message was sent in this stage")
     profile = _profile(stage)
-    user = stage.params.postfix.test_recipient
-    mailbox = f"{profile.mailbox_dir}/{user}"
-    # The end of the mailbox is enough: the message has just been appended. tail only reads.
+    user = q(stage.params.postfix.test_recipient)
+    mailbox = f"{profile.mailbox_dir}/{stage.params.postfix.test_recipient}"
+    listing = await stage.run(f"printf 'f $\\nx\\n' | {profile.mail_reader} -N -u {user}",
+                              check=False, stream=False)
     result = await stage.run(f"tail -c 1048576 {q(mailbox)}", stream=False, quiet=True)
     message = probes.find_message(result.stdout, sent["subject"])
     if message is None:
         raise OperationFailed(f"{mailbox} has no message with subject {sent['subject']!r}, "
                               "though the log says it was delivered")
+    token = sent["subject"].split()[1]
+    seen = [line for line in listing.stdout.splitlines() if token in line]
+    shown = (f"{profile.mail_reader} -u shows: {seen[0].strip()}" if seen else
+             f"({profile.mail_reader} -u did not list it: {listing.stdout.strip()[-200:]})")
     return Outcome("", "ok", f"{mailbox}: {sent['subject']}",
-                   evidence=probes.show_message(message), value=message)
+                   evidence=shown + "\n\n" + probes.show_message(message), value=message)
 
 
 # --- 60-harden -------------------------------------------------------------------------------

@@ -212,6 +212,24 @@ def test_failed_check_restores_main_cf_byte_for_byte(host, first_run, tmp_path):
     assert operations(run(host, tmp_path, ["30-configure", "40-start"]), "changed") == []
 
 
+def test_failure_inside_a_stage_restores_what_it_edited(host, first_run, tmp_path):
+    params = params_of(host)
+    params["postfix"]["mydestination"].append("fault.test")
+    params["postfix"]["aliases"]["abuse"] = "root"
+    before = ssh(host, "sha256sum /etc/postfix/main.cf /etc/aliases")
+    # the fault: postalias cannot write its database
+    ssh(host, "mv /etc/aliases.db /etc/aliases.db.saved && mkdir /etc/aliases.db")
+    try:
+        failed = run(host, tmp_path, ["30-configure"], params=params, expect_failure=True)
+    finally:
+        ssh(host, "rmdir /etc/aliases.db && mv /etc/aliases.db.saved /etc/aliases.db")
+    assert ssh(host, "sha256sum /etc/postfix/main.cf /etc/aliases") == before
+    failure = next(r for r in operations(failed) if r["status"] == "failed")
+    assert "G11" in failure["name"] and "postalias" in failure["detail"]
+    assert set(failure["restored"]) == {"/etc/postfix/main.cf", "/etc/aliases"}
+    assert operations(run(host, tmp_path, ["30-configure"]), "changed") == []
+
+
 def test_postfix_listens_again_after_a_reboot(host, first_run, tmp_path):
     lab.reboot(host["name"])
     for _ in range(100):
