@@ -44,8 +44,10 @@ stage = await begin("10-install", params, mode=mode, run_dir=run_dir, dry_run=dr
 #
 # The guide's `pkg_add` leaves a Postfix that could be started by hand. Here the package
 # manager installs it, together with what the later steps rely on when the host lacks it:
-# a system logger that writes the mail log (the guide reads it in G18) and a command-line
-# mail reader (the guide's `mail -u` in G19).
+# a system logger that writes the mail log (the guide reads it in G18; on OpenBSD syslogd
+# is part of the base system, on Debian rsyslog is installed here and gets its Postfix
+# socket in G5/G8 of the next stage) and a command-line mail reader (the guide's
+# `mail -u` in G19).
 #
 # **On Debian** the package would start Postfix straight away, listening on every address
 # with a configuration nobody has reviewed. So the install runs with a `policy-rc.d` that
