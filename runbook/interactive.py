@@ -38,7 +38,9 @@ async def approve(stage, plan) -> bool:
     text, markup = describe(plan)
     display({"text/plain": text, "text/html": markup}, raw=True)
     gate = Gate()
-    display(gate.widget)
+    # Where widget state is not saved, the notebook shows this text instead of the buttons.
+    display(gate.widget._repr_mimebundle_() | {"text/plain": f"[Approve / Skip] {plan.name}"},
+            raw=True)
     started = time.monotonic()
     try:
         decision = await gate.decision

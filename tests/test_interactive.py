@@ -23,6 +23,7 @@ from runbook.audit import Audit, verify
 from runbook.errors import ParamsError
 
 PROJECT = Path(__file__).resolve().parent.parent
+WIDGET = "application/vnd.jupyter.widget-view+json"
 STAGE_NOTEBOOKS = sorted((PROJECT / "notebooks").glob("[0-9][0-9]-*.ipynb"))
 
 
@@ -54,25 +55,38 @@ def records(stage) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+class Shown(list):
+    """Display data in the order shown, and the approval gates made."""
+
+    def __init__(self):
+        super().__init__()
+        self.gates: list = []
+
+
 @pytest.fixture
-def shown(monkeypatch) -> list:
+def shown(monkeypatch) -> Shown:
     """What interactive displays, instead of a kernel's output."""
-    out: list = []
+    out = Shown()
 
     def display(obj, raw=False, display_id=None):
         out.append(obj)
         return SimpleNamespace(update=lambda new, raw=False: out.append(new))
 
+    class KeptGate(interactive.Gate):
+        def __init__(self):
+            super().__init__()
+            out.gates.append(self)
+
     monkeypatch.setattr(interactive, "display", display)
+    monkeypatch.setattr(interactive, "Gate", KeptGate)
     return out
 
 
-async def gate_shown(shown) -> interactive.Gate:
+async def gate_shown(shown):
     """Wait (on the loop, as a kernel would) until approve() shows its buttons."""
     for _ in range(1000):
-        gates = [o for o in shown if "rb-gate" in getattr(o, "_dom_classes", ())]
-        if gates:
-            return gates[-1]
+        if any(WIDGET in o for o in shown if isinstance(o, dict)):
+            return shown.gates[-1].widget
         await asyncio.sleep(0)
     raise AssertionError("approve() never showed its buttons")
 
@@ -169,6 +183,7 @@ def test_the_plan_is_shown_as_text_and_html(tmp_path, shown):
     assert "edit /etc/postfix/main.cf" in bundle["text/plain"]
     assert "+mydomain = <new>.test" in bundle["text/plain"]
     assert "+mydomain = &lt;new&gt;.test" in bundle["text/html"], "diffs are escaped"
+    assert shown[1]["text/plain"] == "[Approve / Skip] set mydomain", "no widget repr as record"
 
 
 def test_describe_reads_operations_plans_in_step_order():
