@@ -234,5 +234,16 @@ def _seconds(value) -> str:
 
 
 def show_summary(stage) -> None:
-    """The stage's operations so far (stage.results) as a table in the cell."""
-    display(summary(stage.results), raw=True)
+    """The stage's operations so far (stage.results) as a table in the cell (plain text
+    outside a kernel)."""
+    bundle = summary(stage.results)
+    if _in_kernel():
+        display(bundle, raw=True)
+    else:
+        print(bundle["text/plain"])
+
+
+def _in_kernel() -> bool:
+    from IPython import get_ipython
+
+    return getattr(get_ipython(), "kernel", None) is not None

@@ -200,18 +200,10 @@ def _check_kernel() -> None:
               "the notebooks need the project's environment", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m runbook.session`: a new session folder, served until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="runbook session", description=main.__doc__)
-    parser.add_argument("--params", type=Path, help="prepare the stage notebooks for this file")
-    parser.add_argument("--port", type=int, default=8888, help="port (another if taken)")
-    args = parser.parse_args(argv)
-    try:
-        folder = create(args.params)
-    except RunbookError as e:
-        print(f"runbook: {e}", file=sys.stderr)
-        return 2
-    lab = Lab(folder.parent, port=args.port)
+def serve(params_file: str | Path | None = None, port: int = 8888) -> int:
+    """A new session folder served by JupyterLab until Ctrl-C (`make lab`)."""
+    folder = create(params_file)
+    lab = Lab(folder.parent, port=port)
     try:
         lab.start()
         print(f"session: {folder}\nJupyterLab: {lab.url(f'{folder.name}/{START}')}\n"
@@ -222,6 +214,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         lab.stop()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m runbook.session`: what `runbook session` does."""
+    parser = argparse.ArgumentParser(prog="runbook session", description=serve.__doc__)
+    parser.add_argument("--params", type=Path, help="prepare the stage notebooks for this file")
+    parser.add_argument("--port", type=int, default=8888, help="port (another if taken)")
+    args = parser.parse_args(argv)
+    try:
+        return serve(args.params, args.port)
+    except RunbookError as e:
+        print(f"runbook: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

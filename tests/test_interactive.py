@@ -349,3 +349,12 @@ def test_the_start_notebook_offers_a_session_for_the_saved_file(tmp_path, monkey
     button.click()
     (folder,) = tmp_path.iterdir()
     assert folder.name in result.value and "30-configure" in result.value
+
+
+def test_summary_outside_a_kernel_is_plain_text(tmp_path, capsys):
+    stage = make_stage(tmp_path, "batch")
+    stage.results = [{"name": "check main.cf", "status": "ok", "duration": 0.5}]
+    interactive.show_summary(stage)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["step", "status", "duration"]
+    assert out[1].split() == ["check", "main.cf", "ok", "0.50", "s"]
