@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runbook import lab, runner, stages
+from runbook import lab, runner
 
 pytestmark = pytest.mark.lab
 
@@ -29,9 +29,8 @@ TIMINGS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
-def host(request, monkeypatch_module) -> dict:
+def host(request) -> dict:
     """The shared fresh lab host, or (RUNBOOK_TEST_HOST=deb4) a host of one's own, reset."""
-    _manifest_knows_the_postfix_stages(monkeypatch_module)
     name = os.environ.get("RUNBOOK_TEST_HOST")
     if not name:
         return request.getfixturevalue("lab_host")
@@ -39,21 +38,6 @@ def host(request, monkeypatch_module) -> dict:
         return lab.reset(name)
     except Exception as e:
         pytest.fail(f"the lab could not reset {name}: {e}")
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    patch = pytest.MonkeyPatch()
-    yield patch
-    patch.undo()
-
-
-def _manifest_knows_the_postfix_stages(patch) -> None:
-    """Until the manifest lists these notebooks, the test adds them (same order)."""
-    known = {s.name for s in stages.MANIFEST}
-    extra = [stages.StageInfo(name, name, "", True) for name in DEFAULT if name not in known]
-    if extra:
-        patch.setattr(stages, "MANIFEST", stages.MANIFEST + tuple(extra))
 
 
 def ssh(host: dict, command: str, *, check: bool = True) -> str:
