@@ -1,5 +1,6 @@
-"""JupyterLab in Debian's headless Chromium, driven by Playwright: the start notebook's form and
-an approval click reaching an awaiting cell. Fails, never skips, without the browser."""
+"""JupyterLab in Debian's headless Chromium, driven by Playwright: the start notebook's form,
+an approval click reaching an awaiting cell, and a stage run interactively against a lab host
+with every change approved in the browser. Fails, never skips, without the browser."""
 
 from __future__ import annotations
 
@@ -116,16 +117,16 @@ def run_all_approving(page, timeout: float, screenshot: Path | None = None) -> i
     run_all(page)
     deadline, clicks = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
-        gate = page.locator("button.rb-approve:not([disabled])")
-        if gate.count():
+        gates = page.locator("button.rb-approve")
+        if gates.count() > clicks:  # a new plan waits: each gate is clicked once
+            gate = gates.nth(clicks)
             assert kernel_status(page) == "busy", "the cell awaits the click: the kernel is busy"
             if screenshot and not clicks:  # the first plan, with its buttons
-                gate.first.evaluate("e => e.scrollIntoView({block: 'end'})")
+                gate.evaluate("e => e.scrollIntoView({block: 'end'})")
                 screenshot.parent.mkdir(exist_ok=True)
                 page.screenshot(path=str(screenshot))
-            gate.first.click()
+            gate.click()
             clicks += 1
-            page.wait_for_timeout(200)
         elif finished(page):
             return clicks
         else:
