@@ -125,7 +125,7 @@ async def read_one(stage, fact: Fact) -> Any:
 
 def scratch(stage) -> dict:
     # Per-stage working state kept on the Stage object (a fresh Stage per notebook).
-    return stage.__dict__.setdefault("_operations_state", {})
+    return stage.scratch
 
 
 # --- generic facts -------------------------------------------------------------------------

@@ -79,7 +79,7 @@ class TargetLock:
         if self.target.privilege:  # sudo/doas, never interactive
             command = f"{self.target.privilege} -n sh -c {q(command)}"
         self.process = await self.target.conn.create_process(command)
-        first = (await self.process.stdout.readline()).strip()
+        first = await asyncio.wait_for(self._answer(), self.target_params.connect_timeout)
         if first != "locked":
             await self.target.close()
             host = self.target_params.host
@@ -88,6 +88,13 @@ class TargetLock:
                 f"wait for it to finish. A lock outlives a run only while its SSH connection "
                 f"is open; if none is, remove {LOCK_DIR} on {host}."
             )
+
+    async def _answer(self) -> str:
+        """The script's verdict, skipping anything a login prints first (motd, nologin)."""
+        while line := await self.process.stdout.readline():
+            if line.strip() == "locked" or line.startswith("busy: "):
+                return line.strip()
+        return "the lock command ended without an answer"
 
     async def _release(self) -> None:
         self.process.stdin.write_eof()

@@ -129,9 +129,11 @@ class Outcome:
         head = f"[{self.status}] {self.name}" + (f" — {self.detail}" if self.detail else "")
         return head + ("\n" + self.evidence if self.evidence else "")
 
-    def _repr_pretty_(self, printer, cycle) -> None:
-        # The cell result: the evidence (the audit record above it already says the status).
-        printer.text(self.evidence or self.report())
+    def _ipython_display_(self) -> None:
+        # The cell result is the evidence only: the audit record above it already shows
+        # the status line, and showing it twice doubles every line of a batch run's log.
+        if self.evidence:
+            print(self.evidence)
 
 
 # --- applying ------------------------------------------------------------------------------

@@ -105,6 +105,9 @@ def _run_stage(stage, index, run_dir, parameters, km, progress) -> None:
             str(stage.notebook), str(output), parameters=parameters, km=km,
             kernel_name=km.kernel_name, progress_bar=False, log_output=True,
             cwd=str(PROJECT), execution_timeout=CELL_TIMEOUT,
+            # saved once at the end (and on failure), not after every cell: a save per cell
+            # costs more than a re-run's remote commands; audit.jsonl is the live record
+            request_save_on_cell_execute=False,
         )
     except PapermillExecutionError as e:
         failure = e

@@ -39,6 +39,7 @@ class Stage:
     platform: Any = None  # a platforms.Profile, set by begin()
     started: float = field(default_factory=time.monotonic)
     results: list[dict] = field(default_factory=list)
+    scratch: dict = field(default_factory=dict)  # per-stage state of the operations layer
 
     @property
     def run_id(self) -> str:

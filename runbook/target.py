@@ -10,6 +10,7 @@ is the one command not started by `run()` itself; it is recorded all the same.
 import asyncio
 import codecs
 import contextlib
+import contextvars
 import re
 import shlex
 import sys
@@ -87,6 +88,9 @@ class _Lines:
 
     def __init__(self, sink, mask, find_pid: bool = False):
         self.sink, self.mask, self.find_pid = sink, mask, find_pid
+        # asyncssh calls back from the context that opened the connection; ipykernel 7
+        # routes output by context, so print in the caller's (the running cell's) instead.
+        self.context = contextvars.copy_context()
         self.decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
         self.parts: list[str] = []
         self.partial = ""
@@ -113,7 +117,8 @@ class _Lines:
             return
         self.parts.append(line)
         if self.sink is not None:
-            print(_printable(self.mask(line.rstrip("\n"))), file=self.sink, flush=True)
+            text = _printable(self.mask(line.rstrip("\n")))
+            self.context.run(print, text, file=self.sink, flush=True)
 
     @property
     def text(self) -> str:

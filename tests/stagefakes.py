@@ -53,6 +53,7 @@ class Stage:
         self.run_dir = Path("/tmp/20250101T000000Z-test")
         self.mode, self.dry_run = mode, dry_run
         self.results = []
+        self.scratch = {}
         self.commands: list[str] = []
         self.replies = replies or {}
         self.fail = fail
