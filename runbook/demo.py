@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import nbformat
+
 from . import audit, lab, runner
 from .errors import RunbookError
 
@@ -22,6 +24,7 @@ def main() -> int:
         print(f"demo: {e}", file=sys.stderr)
         return 1
     count = audit.verify(run_dir)
+    show_delivered_message(run_dir)
     print(f"\nThe record of this run: {run_dir}")
     for notebook in sorted(run_dir.glob("*.ipynb")):
         print(f"  {notebook.name}")
@@ -29,6 +32,18 @@ def main() -> int:
     print(f"Verify it yourself:  .venv/bin/runbook audit verify {run_dir}")
     print("The lab keeps running: .venv/bin/runbook lab status | .venv/bin/runbook lab down")
     return 0
+
+
+def show_delivered_message(run_dir) -> None:
+    """What the validation stage read from the recipient's mailbox, as its notebook shows it."""
+    path = run_dir / "50-validate.ipynb"
+    if not path.exists():
+        return
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and "read_mailbox" in cell.source:
+            text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+            print("\nThe test message, delivered (from 50-validate.ipynb):\n" + text.strip())
 
 
 if __name__ == "__main__":
