@@ -44,7 +44,7 @@ demo: venv system-deps
 	$(BIN)/python -m runbook.demo
 
 notebooks: venv
-	$(BIN)/jupytext --set-kernel python3 --to ipynb notebooks/*.py
+	$(BIN)/jupytext --update --set-kernel python3 --to ipynb notebooks/*.py
 
 bench: venv system-deps
 	$(BIN)/python bench/run.py

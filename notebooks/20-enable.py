@@ -26,6 +26,7 @@
 target = {}
 platform = {}
 postfix = {}
+dovecot = {}
 mode = "batch"
 run_dir = ""
 dry_run = False
@@ -34,7 +35,7 @@ dry_run = False
 from runbook import postfix as pf
 from runbook.stage import begin, end, validate
 
-params = validate(target=target, platform=platform, postfix=postfix)
+params = validate(target=target, platform=platform, postfix=postfix, dovecot=dovecot)
 stage = await begin("20-enable", params, mode=mode, run_dir=run_dir, dry_run=dry_run)
 
 # %% [markdown]

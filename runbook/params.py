@@ -312,12 +312,44 @@ class Postfix(Section):
     )
 
 
+class Dovecot(Section):
+    """Mailbox access (G22): Dovecot serves the mailboxes Postfix delivers to."""
+
+    enabled: bool = Field(True, description="Set up Dovecot in the 70-dovecot stage.")
+    listen: Annotated[list[IPAddress], BeforeValidator(_one_or_many)] = Field(
+        [], description="Addresses Dovecot listens on; empty: Postfix's inet_interfaces "
+        "addresses (127.0.0.1 for loopback-only)."
+    )
+    mailbox_format: Literal["mbox", "maildir"] = Field(
+        "mbox",
+        description="mbox: the spool files Postfix delivers to by default. maildir: Postfix "
+        "delivers to ~/Maildir/ and Dovecot reads it there (both switched together).",
+    )
+    pop3: bool = Field(False, description="Also serve POP3 (995 with TLS, 110 with STARTTLS).")
+    ssl_cert_file: RemotePath | None = Field(
+        None, description="Certificate on the host; empty: a self-signed one is generated."
+    )
+    ssl_key_file: RemotePath | None = Field(
+        None, description="Private key on the host, matching ssl_cert_file."
+    )
+    test_password_env: str | None = Field(
+        None,
+        pattern=r"[A-Z_][A-Z0-9_]{0,63}",
+        description="Name of the environment variable holding the test recipient's "
+        "password (the password itself is never a parameter).",
+    )
+    test_password_file: LocalPath | None = Field(
+        None, description="File on this machine holding the test recipient's password."
+    )
+
+
 class Params(Section):
     """A whole params file: each top-level key is one papermill parameter of every stage."""
 
     target: Target
     platform: Platform = Platform()
     postfix: Postfix
+    dovecot: Dovecot = Dovecot()
 
 
 SECTIONS: tuple[str, ...] = tuple(Params.model_fields)
