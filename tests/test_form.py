@@ -66,7 +66,9 @@ def test_defaults_come_from_the_model(form):
 
 
 def test_secrets_are_not_fields_and_the_form_says_where_they_come_from(form):
-    assert not [n for n in form.fields if "password" in n or "passphrase" in n]
+    secrets = [n for n in form.fields if "password" in n or "passphrase" in n]
+    # only references to a secret (an env var's name, a file's path), never the secret
+    assert all(n.endswith(("_env", "_file")) for n in secrets), secrets
     note = form.widget.children[0].value
     assert "agent" in note and "key_file" in note and "known_hosts" in note
 
