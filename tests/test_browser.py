@@ -67,7 +67,7 @@ def page(browser, request):
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
     failed_before = request.session.testsfailed
     yield page
-    if request.session.testsfailed > failed_before:
+    if request.session.testsfailed > failed_before and page.url != "about:blank":
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"failed-{request.node.name}.png"))
     page.close()
