@@ -31,7 +31,8 @@ SECRETS_NOTE = (
     "No secrets in this form or in params files. The SSH key comes from the agent "
     "(<code>use_agent</code>) or from the private key file named in <code>key_file</code>; "
     "the host's key must be in the <code>known_hosts</code> file you name "
-    "(or choose <code>accept-new</code> for a host seen the first time)."
+    "(or choose <code>accept-new</code> for a host seen the first time). A password is "
+    "never typed here either: name the environment variable or the file that holds it."
 )
 
 
