@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 LAB_PACKAGES := mmdebstrap systemd-container iproute2 openssh-client chromium
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps test lint unit demo lab notebooks bench clean
+.PHONY: help venv system-deps test lint unit browser demo lab notebooks bench clean
+PARAMS ?=
 
 help:
 	@echo "make demo   boot a lab host and run the runbook against it (root)"
@@ -37,7 +38,15 @@ test: venv system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: venv
-	$(BIN)/pytest -m "not lab" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not lab and not browser" $(PYTEST_ARGS)
+
+browser: venv system-deps
+	$(BIN)/pytest -m browser $(PYTEST_ARGS)
+
+# JupyterLab on 127.0.0.1 over a fresh session folder in runs/ (PARAMS=params/x.yaml to
+# prepare the stage notebooks for that host)
+lab: venv
+	$(BIN)/python -m runbook.session $(if $(PARAMS),--params $(PARAMS))
 
 demo: venv system-deps
 	$(BIN)/runbook lab up --hosts 1

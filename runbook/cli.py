@@ -71,6 +71,12 @@ def _lab(args) -> int:
     return 0
 
 
+def _session(args) -> int:
+    from . import session
+
+    return session.serve(args.params, port=args.port)
+
+
 def _print_hosts(hosts: list[dict], args) -> None:
     if getattr(args, "json", False):
         print(json.dumps(hosts, indent=2, default=str))
@@ -108,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     verify = audit_sub.add_parser("verify", help="check the hash chain of a run's audit.jsonl")
     verify.add_argument("run_dir", type=Path)
     verify.set_defaults(func=_audit_verify)
+
+    session = sub.add_parser(
+        "session", help="fresh notebook copies in runs/session-<UTC>/, served by JupyterLab "
+        "on 127.0.0.1")
+    session.add_argument("--params", type=Path, help="prepare the stage notebooks for this file")
+    session.add_argument("--port", type=int, default=8888, help="port (another if taken)")
+    session.set_defaults(func=_session)
 
     lab = sub.add_parser("lab", help="disposable local target hosts (needs root)")
     lab_sub = lab.add_subparsers(required=True, dest="lab_command", metavar="ACTION")

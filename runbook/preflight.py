@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from shlex import quote as q
 
+from .operations import Outcome, record
+
 # Settings the runbook manages; any other non-default main.cf setting is reported.
 MANAGED = {
     "mydomain", "myhostname", "myorigin", "mydestination", "mynetworks", "mynetworks_style",
@@ -203,8 +205,7 @@ class PreflightFailed(Exception):
 
 
 def _result(stage, name: str, status: str, detail: str = "") -> None:
-    stage.results.append({"name": name, "status": status})
-    stage.audit.record("operation", name=name, status=status, detail=detail)
+    record(stage, Outcome(name, status, detail))
 
 
 def _as_record(facts: Survey) -> dict:

@@ -108,5 +108,6 @@ def end(stage: Stage) -> None:
     duration = round(time.monotonic() - stage.started, 3)
     status = "failed" if counts["failed"] else "ok"
     stage.audit.record("stage", event="end", status=status, duration=duration, counts=counts)
-    print(f"{stage.name}: {status} in {duration:.2f} s — "
-          + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
+    from .interactive import show_summary  # widgets stay out of the stage's import path
+
+    show_summary(stage)
