@@ -1,6 +1,6 @@
 """Benchmark: the cost of our SSH layer over a bare asyncssh connection, and lab boot time.
 
-    .venv/bin/python bench/transport.py [--host deb1] [--commands 300] [--lab]
+    .venv/bin/python -m bench.transport [--host deb1] [--commands 300] [--lab]
 
 Measures on a running lab host (root): connection set-up (Target.connect vs asyncssh.connect),
 per-command cost of Target.run on an open connection vs a bare `conn.run`, and, with --lab,

@@ -30,6 +30,7 @@ import papermill
 from jupyter_client.manager import KernelManager
 from papermill.exceptions import PapermillExecutionError
 
+from . import engine
 from . import params as params_model
 from . import stages as stage_manifest
 from .audit import read_run_json, update_run_json
@@ -103,6 +104,7 @@ def _run_stage(stage, index, run_dir, parameters, km, progress) -> None:
     try:
         papermill.execute_notebook(
             str(stage.notebook), str(output), parameters=parameters, km=km,
+            engine_name=engine.NAME, shared_kc=km.shared_kc,
             kernel_name=km.kernel_name, progress_bar=False, log_output=True,
             cwd=str(PROJECT), execution_timeout=CELL_TIMEOUT,
             # saved once at the end (and on failure), not after every cell: a save per cell
@@ -209,10 +211,14 @@ class _kernel:
         self.km = KernelManager(kernel_name="python3", transport="ipc",
                                 ip=os.path.join(self.sockets.name, "kernel"))
         self.km.start_kernel(cwd=str(PROJECT))
+        self.km.shared_kc = self.km.client()  # one client for all stages (see engine.py)
+        self.km.shared_kc.start_channels()
+        self.km.shared_kc.wait_for_ready(timeout=60)
         return self.km
 
     def __exit__(self, *exc) -> None:
         try:
+            self.km.shared_kc.stop_channels()
             self.km.shutdown_kernel(now=True)
         finally:
             self.sockets.cleanup()
