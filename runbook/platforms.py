@@ -145,6 +145,60 @@ class Profile:
         """The platform's facts a stage's operations will read (fetched together)."""
         return []
 
+    # --- Dovecot (G22, stage 70-dovecot; the steps themselves are in dovecot.py) ---------
+    # Class attributes, not fields: a profile states them once in its class.
+    dovecot_config_dir: ClassVar[str] = "/etc/dovecot"
+    dovecot_sbin: ClassVar[str] = "/usr/sbin"  # the dovecot daemon
+    dovecot_bin: ClassVar[str] = "/usr/bin"  # doveconf, doveadm
+    dovecot_cert: ClassVar[str] = ""  # where a generated self-signed certificate is kept
+    dovecot_key: ClassVar[str] = ""
+    dovecot_privileged_group: ClassVar[str] = ""  # may dotlock in the mail spool; "" none
+
+    def dovecot_tool(self, name: str) -> str:
+        return f"{self.dovecot_sbin if name == 'dovecot' else self.dovecot_bin}/{name}"
+
+    @property
+    def dovecot_conf(self) -> str:
+        """The one file the runbook writes (read after the package's own conf.d files,
+        which stay as shipped)."""
+        return f"{self.dovecot_config_dir}/conf.d/99-mail-runbook.conf"
+
+    def _no_dovecot(self):
+        return UnsupportedPlatform(f"{self.label}: the runbook does not know how to set up "
+                                   "Dovecot here yet (nothing was changed)")
+
+    def dovecot_packages(self) -> Fact:
+        """{"imap": installed?, "pop3": installed?}: Dovecot's IMAP and POP3 servers."""
+        raise self._no_dovecot()
+
+    def dovecot_boot(self) -> Fact:
+        """Whether Dovecot starts at boot (bool)."""
+        raise self._no_dovecot()
+
+    async def dovecot_install(self, stage, pop3: bool) -> Plan:
+        """Dovecot's IMAP server (and POP3 with `pop3`) installed, nothing started."""
+        raise self._no_dovecot()
+
+    async def dovecot_login_class(self, stage) -> Plan:
+        """The login(1) class the platform's package asks for (OpenBSD)."""
+        return Plan("Dovecot's login class", skip=f"{self.label} has no login classes")
+
+    async def dovecot_at_boot(self, stage) -> Plan:
+        """Dovecot starts at boot."""
+        raise self._no_dovecot()
+
+    def dovecot_service(self, action: str) -> Run:
+        """start, stop or reload Dovecot the platform's way (stdio detached)."""
+        raise self._no_dovecot()
+
+
+def dovecot_detached(command: str) -> str:
+    """`command` with its stdio off the SSH channel: a daemon started over SSH that keeps
+    the channel's stdout open holds the session until it exits. Its output is shown
+    afterwards from a file, and its exit status kept."""
+    return (f"o=$(mktemp) && ( {command} </dev/null >\"$o\" 2>&1; s=$?; cat \"$o\"; "
+            "rm -f \"$o\"; exit $s )")
+
 
 class Debian(Profile):
     """Debian 12 (bookworm) with systemd."""
@@ -349,6 +403,73 @@ class Debian(Profile):
 
     def start_postfix(self) -> Run:
         return Run("systemctl start postfix", why="systemd starts the master process")
+
+    # --- Dovecot (G22) -----------------------------------------------------------------------
+    dovecot_cert: ClassVar[str] = "/etc/dovecot/private/mail-runbook.pem"
+    dovecot_key: ClassVar[str] = "/etc/dovecot/private/mail-runbook.key"
+    dovecot_privileged_group: ClassVar[str] = "mail"  # /var/mail is root:mail, mode 2775
+    DOVECOT_PACKAGES: ClassVar[dict[str, str]] = {"imap": "dovecot-imapd",
+                                                   "pop3": "dovecot-pop3d"}
+
+    def dovecot_packages(self) -> Fact:
+        command = ("dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' "
+                   + " ".join(self.DOVECOT_PACKAGES.values()) + " 2>/dev/null")
+
+        def parse(out: str, _status: int) -> dict[str, bool]:
+            found = parse_dpkg_status(out)
+            return {role: bool(found.get(p)) for role, p in self.DOVECOT_PACKAGES.items()}
+        return Fact("dovecot packages", command, parse, fresh=dict.fromkeys(
+            self.DOVECOT_PACKAGES, False))
+
+    def dovecot_boot(self) -> Fact:
+        return Fact("dovecot at boot", "systemctl is-enabled dovecot 2>/dev/null",
+                    lambda out, _s: out.strip() == "enabled", fresh=False)
+
+    async def dovecot_install(self, stage, pop3: bool) -> Plan:
+        installed = await facts.read_one(stage, self.dovecot_packages())
+        roles = ["imap", "pop3"] if pop3 else ["imap"]
+        wanted = [self.DOVECOT_PACKAGES[r] for r in roles if not installed.get(r)]
+        have = [p for r, p in self.DOVECOT_PACKAGES.items() if installed.get(r)]
+        plan = Plan("install Dovecot", found=f"installed: {', '.join(have) or 'none'}")
+        if not wanted:
+            return plan
+        plan.steps = [
+            Run(f"if [ -e {POLICY_RC_D} ] && ! grep -q {POLICY_MARK} {POLICY_RC_D}; then "
+                f"mv {POLICY_RC_D} {POLICY_SAVED}; fi; "
+                f"printf '#!/bin/sh\\n# {POLICY_MARK}: no service starts while it installs\\n"
+                f"exit 101\\n' > {POLICY_RC_D} && chmod 755 {POLICY_RC_D}",
+                why="Dovecot would start listening on every address before its "
+                    "configuration is ours"),
+            Run(f"apt-cache show {wanted[0]} >/dev/null 2>&1 || apt-get update -q; "
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
+                "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "
+                + " ".join(q(p) for p in wanted), timeout=900,
+                why="install " + ", ".join(wanted)),
+        ]
+        if not installed.get("imap"):
+            plan.steps.append(Run(
+                "systemctl disable dovecot",
+                why="the package enables it at boot; the boot step enables it again once "
+                    "the configuration is ours"))
+        plan.cleanup = [
+            Run(f"if grep -q {POLICY_MARK} {POLICY_RC_D} 2>/dev/null; then rm -f {POLICY_RC_D}; "
+                f"fi; if [ -e {POLICY_SAVED} ]; then mv {POLICY_SAVED} {POLICY_RC_D}; fi",
+                why="services may start again (a policy-rc.d left behind would stop them)"),
+        ]
+        return plan
+
+    async def dovecot_at_boot(self, stage) -> Plan:
+        enabled = await facts.read_one(stage, self.dovecot_boot())
+        plan = Plan("Dovecot at boot",
+                    found=f"dovecot.service is {'enabled' if enabled else 'not enabled'}")
+        if not enabled:
+            plan.steps = [Run("systemctl enable dovecot", why="start Dovecot at boot")]
+            plan.undo = [Run("systemctl disable dovecot", why="it was not enabled before")]
+        return plan
+
+    def dovecot_service(self, action: str) -> Run:
+        return Run(dovecot_detached(f"systemctl {q(action)} dovecot"),
+                   why=f"systemd {action}s Dovecot")
 
 
 def parse_dpkg_status(text: str) -> dict[str, bool]:

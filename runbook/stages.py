@@ -35,6 +35,7 @@ MANIFEST: tuple[StageInfo, ...] = (
     StageInfo("40-start", "Check and start", "G13-G16"),
     StageInfo("50-validate", "A test message, end to end", "G17-G19"),
     StageInfo("60-harden", "Chroot files and relay review", "G20, G21, G10"),
+    StageInfo("70-dovecot", "Mailbox access with Dovecot", "G22"),
     StageInfo("90-troubleshoot", "Troubleshooting", "G24", default=False),
 )
 
