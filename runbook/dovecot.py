@@ -586,6 +586,11 @@ def _master(stage) -> Fact:
     return Fact("dovecot master", command, parse, fresh={"pid": None, "stale": False})
 
 
+# The settings the check reads back (a fixed list, so the stage's first read fetches them).
+CHECKED = ("protocols", "listen", "mail_location", "mail_privileged_group", "ssl",
+           "disable_plaintext_auth", "ssl_cert", "login_trusted_networks")
+
+
 def _doveconf(stage, names: tuple[str, ...] = ()) -> Fact:
     doveconf = q(_profile(stage).dovecot_tool("doveconf"))
     args = " ".join(q(n) for n in names) if names else "-n"
@@ -739,9 +744,8 @@ async def check_config(stage) -> Outcome:
                               "above should have installed it)")
     settings = _state(stage).get("settings") or _settings(stage, await _delivery_values(stage))
     wanted = settings.values()
-    names = (*wanted, "login_trusted_networks")
     (shown, status), (values, _) = await facts.read(stage, _doveconf(stage),
-                                                    _doveconf(stage, names))
+                                                    _doveconf(stage, CHECKED))
     complaints = doveconf_complaints(shown) + doveconf_complaints(values)
     current = parse_settings(values)
     _state(stage)["trusted"] = current.get("login_trusted_networks", "")
@@ -933,7 +937,7 @@ def _skip_verification(stage) -> str:
 def _search_terms(stage) -> list[tuple[str, str]]:
     """(what, SEARCH criteria): the validation message of this run, else the newest one."""
     run = f"test of run {stage.run_id}"
-    return [(f"this run's test message ({run!r})", f"SUBJECT {quoted(run)}"),
+    return [("this run's test message", f"SUBJECT {quoted(run)}"),
             ("the newest mail-runbook test message", f"SUBJECT {quoted('mail-runbook')}")]
 
 
@@ -1095,7 +1099,7 @@ async def probe_plaintext_refused(stage) -> Outcome:
     source = params.postfix.probe_source
     trusted = _state(stage).get("trusted")
     if trusted is None:
-        (out, _), = await facts.read(stage, _doveconf(stage, ("login_trusted_networks",)))
+        (out, _), = await facts.read(stage, _doveconf(stage, CHECKED))
         trusted = parse_settings(out).get("login_trusted_networks", "")
     if source and (source == address or _inside(source, trusted)):
         raise OperationFailed(
@@ -1174,7 +1178,8 @@ def _prefetch(stage) -> list[Fact]:
     if not stage.params.dovecot.enabled:
         return []
     profile = _profile(stage)
-    found = [_delivery(stage), _conf(stage), _master(stage), profile.listeners()]
+    found = [_delivery(stage), _conf(stage), _master(stage), profile.listeners(),
+             _doveconf(stage), _doveconf(stage, CHECKED)]
     with contextlib.suppress(Exception):  # a platform without Dovecot, a half-given
         found += [profile.dovecot_packages(), profile.dovecot_boot()]  # certificate:
     with contextlib.suppress(Exception):  # the operation that needs it says so
