@@ -23,9 +23,9 @@ def lab_hosts() -> list[dict]:
         pytest.fail(f"the lab could not start: {e}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab_host(lab_hosts) -> dict:
-    """The first Debian lab host, fresh at the start of the test session."""
+    """The first Debian lab host, fresh (reset) for each test module that uses it."""
     from runbook import lab
 
     name = next(h["name"] for h in lab_hosts if h["flavor"] == "debian")
