@@ -36,6 +36,14 @@ def _run(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from . import plan
+
+    stages = [s for s in args.stages.split(",") if s] if args.stages else None
+    print(plan.main(args.params, stages), end="")
+    return 0
+
+
 def _validate(args) -> int:
     from . import params
 
@@ -104,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="read facts and show every change, change nothing")
     run.set_defaults(func=_run)
+
+    plan = sub.add_parser("plan", help="print every command and file edit for a fresh host, "
+                                       "without connecting")
+    plan.add_argument("params", type=Path, help="params file (YAML) naming the platform")
+    plan.add_argument("--stages", help="comma-separated stages (default: the default run)")
+    plan.set_defaults(func=_plan)
 
     validate = sub.add_parser("validate", help="check a params file without connecting")
     validate.add_argument("params", type=Path)

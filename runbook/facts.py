@@ -14,7 +14,7 @@ import ipaddress
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from shlex import quote as q
 from typing import Any
 
@@ -29,8 +29,10 @@ class FactError(RunbookError):
 class Fact:
     """A read-only command and the parser of its output.
 
-    `parse(stdout, exit_status)` turns the output into a value; `fresh` is the value on a
-    freshly installed host, for plans made without connecting.
+    `parse(stdout, exit_status)` turns the output into a value. `fresh` is what the fact
+    shows on a fresh host, for plans made without connecting (`runbook plan`): either the
+    value itself or a function of the `FreshHost` the plan imagines, which the plan's
+    earlier steps have already changed (a file written, a package installed).
     """
 
     name: str
@@ -95,12 +97,13 @@ async def read(stage, *facts: Fact) -> list[Any]:
     known = cache(stage)
     wanted = list(facts)
     state = scratch(stage)
-    if not state.get("prefetched"):
+    if not state.get("prefetched") and not getattr(stage, "offline", False):
         state["prefetched"] = True
         wanted += PREFETCH.get(getattr(stage, "name", ""), lambda _stage: [])(stage)
     missing = list({f.name: f for f in wanted if f.name not in known}.values())
     if missing and getattr(stage, "offline", False):  # a plan made without connecting
-        known.update((f.name, f.fresh) for f in missing)
+        host = getattr(stage, "fresh", None) or FreshHost()
+        known.update((f.name, fresh_value(f, host)) for f in missing)
     elif missing:
         token = "@@fact-" + secrets.token_hex(8)
         result = await stage.run(script(missing, token), check=False, stream=False, quiet=True)
@@ -121,6 +124,69 @@ async def read(stage, *facts: Fact) -> list[Any]:
 async def read_one(stage, fact: Fact) -> Any:
     (value,) = await read(stage, fact)
     return value
+
+
+def fresh_value(fact: Fact, host: FreshHost) -> Any:
+    """What `fact` shows on the imagined fresh host."""
+    return fact.fresh(host) if callable(fact.fresh) else fact.fresh
+
+
+@dataclass
+class FreshHost:
+    """A fresh host as `runbook plan` imagines it: the platform's stock files, then what the
+    plan's own steps did to it (each Write, and each command's declared `effect`).
+
+    Only what the facts ask about is modelled: file contents (`files`, None = absent),
+    other paths that exist (`paths`: directories, sockets, pid files), installed packages,
+    running and boot-enabled services. Modification order is a counter, for `newer`.
+    """
+
+    files: dict[str, str | None] = field(default_factory=dict)
+    paths: set[str] = field(default_factory=set)
+    packages: set[str] = field(default_factory=set)
+    running: set[str] = field(default_factory=set)
+    enabled: set[str] = field(default_factory=set)
+    config_dir: str = "/etc/postfix"
+    clock: int = 0
+    mtimes: dict[str, int] = field(default_factory=dict)
+
+    def read(self, path: str) -> str | None:
+        return self.files.get(path)
+
+    def exists(self, path: str) -> bool:
+        return self.files.get(path) is not None or path in self.paths
+
+    def write(self, path: str, text: str) -> None:
+        self.files[path] = text
+        self.touch(path)
+
+    def add(self, path: str) -> None:
+        """A path that exists (a directory, socket, pid file) whose content does not matter."""
+        self.paths.add(path)
+        self.touch(path)
+
+    def remove(self, path: str) -> None:
+        self.files.pop(path, None)
+        self.paths.discard(path)
+        self.mtimes.pop(path, None)
+
+    def move(self, source: str, destination: str) -> None:
+        if source in self.files:
+            self.files[destination] = self.files.pop(source)
+        self.touch(destination)
+        self.remove(source)
+
+    def touch(self, path: str) -> None:
+        self.clock += 1
+        self.mtimes[path] = self.clock
+
+    def newer(self, path: str, than: str) -> bool:
+        return self.exists(path) and self.mtimes.get(path, 0) > self.mtimes.get(than, 0)
+
+    def postconf_n(self) -> dict[str, str] | None:
+        """`postconf -n`: the settings main.cf makes (None while Postfix is not installed)."""
+        text = self.read(f"{self.config_dir}/main.cf")
+        return None if text is None or "postfix" not in self.packages else parse_main_cf(text)
 
 
 def scratch(stage) -> dict:
@@ -146,12 +212,14 @@ def file(path: str) -> Fact:
         if status != 0:
             raise FactError(f"cannot read {path} (exit {status})")
         return stdout
-    return Fact(f"file {path}", f"[ -e {q(path)} ] || exit 3; cat {q(path)}", parse)
+    return Fact(f"file {path}", f"[ -e {q(path)} ] || exit 3; cat {q(path)}", parse,
+                fresh=lambda host: host.read(path))
 
 
 def exists(path: str, test: str = "-e") -> Fact:
     """Whether `test path` holds (-e exists, -S socket, -f file, -x executable)."""
-    return Fact(f"test {test} {path}", f"test {test} {q(path)}", lambda _out, status: status == 0)
+    return Fact(f"test {test} {path}", f"test {test} {q(path)}", lambda _out, status: status == 0,
+                fresh=lambda host: host.exists(path))
 
 
 def command_output(name: str, command: str) -> Fact:
@@ -162,7 +230,7 @@ def command_output(name: str, command: str) -> Fact:
 def newer(path: str, than: str) -> Fact:
     """Whether `path` exists and is newer than `than` (missing `path`: False)."""
     return Fact(f"{path} newer than {than}", f"test {q(path)} -nt {q(than)}",
-                lambda _out, status: status == 0)
+                lambda _out, status: status == 0, fresh=lambda host: host.newer(path, than))
 
 
 def postconf_n(postconf: str) -> Fact:
@@ -173,7 +241,7 @@ def postconf_n(postconf: str) -> Fact:
         if status != 0:
             raise FactError(f"postconf -n failed (exit {status})")
         return parse_main_cf(stdout)
-    return Fact("postconf -n", f"{q(postconf)} -n", parse, fresh=None)
+    return Fact("postconf -n", f"{q(postconf)} -n", parse, fresh=lambda host: host.postconf_n())
 
 
 def postconf_values(postconf: str, names: tuple[str, ...]) -> Fact:
@@ -194,7 +262,8 @@ def master_pid(queue_dir: str) -> Fact:
     pid_file = q(f"{queue_dir}/pid/master.pid")
     command = (f"[ -r {pid_file} ] || exit 0; read pid < {pid_file}; "
                "kill -0 $pid 2>/dev/null && echo $pid")
-    return Fact("master pid", command, lambda out, _s: int(out) if out.strip().isdigit() else None)
+    return Fact("master pid", command, lambda out, _s: int(out) if out.strip().isdigit() else None,
+                fresh=lambda host: 1 if "postfix" in host.running else None)
 
 
 # --- parsers -------------------------------------------------------------------------------
@@ -293,3 +362,29 @@ def network_of(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | No
         return ipaddress.ip_network(f"{ip}/{prefix or ip.max_prefixlen}", strict=False)
     except ValueError:
         return None
+
+
+def parse_fstat_listeners(text: str) -> list[Listener]:
+    """OpenBSD `fstat` lines of TCP sockets: the unconnected ones (no `<--`/`-->` peer) are the
+    listening sockets, e.g. `root master 81234 12* internet stream tcp 0x0 *:25`."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 9 or fields[4] not in ("internet", "internet6") \
+                or fields[5:7] != ["stream", "tcp"] or not fields[2].isdigit():
+            continue
+        rest = fields[8:]
+        if len(rest) != 1:  # "local <-- peer": a connection, not a listener
+            continue
+        address, _, port = rest[0].rpartition(":")
+        if port.isdigit():
+            found.append(Listener(address.strip("[]").split("%", 1)[0], int(port), fields[1],
+                                  int(fields[2])))
+    return found
+
+
+def parse_listeners(text: str) -> list[Listener]:
+    """Listening TCP sockets from `ss -Hltnp` or OpenBSD's `fstat`, whichever printed them."""
+    ss_lines = [line for line in text.splitlines() if "users:((" in line]
+    others = [line for line in text.splitlines() if "users:((" not in line]
+    return parse_ss_listeners("\n".join(ss_lines)) + parse_fstat_listeners("\n".join(others))

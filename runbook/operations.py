@@ -11,6 +11,10 @@ does the rest, the same way for every operation:
 - files are written through `files.write_file` (atomic, old content backed up in the run's
   backup directory on the target, the first-ever original kept as the baseline);
 - every outcome goes into `stage.results` and the audit as an `operation` record;
+- without a connection (`runbook plan`, a stage with `offline` set) nothing is applied: the
+  plan is recorded, and its Writes and its commands' declared `effect`s change the
+  imagined `stage.fresh` host, so the next operation plans against the host as this one
+  left it; checks (operations given `offline=`) only say what they would look at;
 - when anything fails, every file this stage edited is restored from the backup, the
   `after_restore` hooks run (an alias database rebuilt, Postfix reloaded onto the restored
   files), the failure and the restore are recorded, and the error is raised again so the
@@ -24,11 +28,13 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import re
 import shlex
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from shlex import quote as q
 from typing import Any
 
 from . import facts, files
@@ -42,6 +48,15 @@ class OperationFailed(RunbookError):
     what was found and what to do."""
 
 
+class NeedsHost(RunbookError):
+    """Raised by a stage made without a connection (`runbook plan`) when something would
+    have to reach the host: `what` names the command or connection."""
+
+    def __init__(self, what: str):
+        super().__init__(f"needs the host: {what}")
+        self.what = what
+
+
 # --- plans ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -52,11 +67,27 @@ class Run:
     why: str = ""
     input: str | None = None
     timeout: float | None = None
+    # What the command does to a fresh host, for plans made without connecting: a function
+    # changing the `facts.FreshHost` (files it writes, services it starts).
+    effect: Callable[[Any], None] | None = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         why = f"    # {self.why}" if self.why else ""
         fed = "  (with input)" if self.input is not None else ""
         return f"$ {self.command}{fed}{why}"
+
+
+@dataclass(frozen=True)
+class Keep:
+    """A file a plan's commands rewrite themselves (rcctl edits rc.conf.local): its content is
+    kept in the run's backups and the baseline first, exactly as a Write would keep it, so a
+    failure or a rollback can put it back byte for byte."""
+
+    path: str
+    why: str = ""
+
+    def describe(self) -> str:
+        return f"keep a copy of {self.path}" + (f"    # {self.why}" if self.why else "")
 
 
 @dataclass(frozen=True)
@@ -83,7 +114,7 @@ class Plan:
     """What an operation would change: steps in order, and cleanups that always run after."""
 
     name: str
-    steps: list[Run | Write] = field(default_factory=list)
+    steps: list[Run | Write | Keep] = field(default_factory=list)
     cleanup: list[Run] = field(default_factory=list)
     undo: list[Run] = field(default_factory=list)  # what reverses the commands if the stage fails
     found: str = ""  # what the facts showed, said whether or not anything changes
@@ -158,6 +189,9 @@ async def apply(stage, plan: Plan) -> str:
                     stage.target, step.path, step.new.encode("utf-8", "surrogateescape"),
                     run_id=stage.run_id,
                     mode=step.mode, owner=step.owner, audit=stage.audit)
+            elif isinstance(step, Keep):
+                edited(stage).append(step.path)
+                await keep_file(stage, step.path)
             else:
                 await stage.run(step.command, input=step.input, timeout=step.timeout)
     except BaseException:
@@ -192,6 +226,40 @@ async def _approved(stage, plan: Plan) -> bool:
 def edited(stage) -> list[str]:
     """Paths this stage has written (each restored if the stage fails)."""
     return facts.scratch(stage).setdefault("edited", [])
+
+
+# Saves a file's current content into the run's backup folder and the baseline (each only
+# the first time), without changing the file: the same MANIFEST lines `files.write_file`
+# keeps, so `files.restore_*` put it back.
+KEEP_SCRIPT = """set -e
+P={path}; export P; R={run}; B={baseline}; N={name}
+umask 077; mkdir -p "$R" "$B"
+known() {{
+  [ -f "$1/MANIFEST" ] && awk -F'\\t' '$1 == ENVIRON["P"] {{f = 1}} END {{exit !f}}' "$1/MANIFEST"
+}}
+save() {{
+  known "$1" && return 0
+  if [ -e "$P" ]; then
+    cp -p "$P" "$1/$N"
+    printf '%s\\t%s\\t%s\\t%s\\t%s\\n' "$P" {sha} "$N" {mode} {owner} >> "$1/MANIFEST"
+  else printf '%s\\tabsent\\t-\\t-\\t-\\n' "$P" >> "$1/MANIFEST"; fi
+}}
+save "$R"; save "$B"
+"""
+
+
+async def keep_file(stage, path: str) -> None:
+    """Back up `path` (or that it is absent) for this run and as the baseline, unchanged."""
+    content = await files.read_file(stage.target, path)
+    stat = await files.file_stat(stage.target, path) if content is not None else None
+    script = KEEP_SCRIPT.format(
+        path=q(path), run=q(f"{files.BACKUP_ROOT}/{stage.run_id}"),
+        baseline=q(f"{files.BACKUP_ROOT}/{files.BASELINE}"), name=q(files.backup_name(path)),
+        sha=q(hashlib.sha256(content).hexdigest() if content is not None else "absent"),
+        mode=f"{stat[0]:04o}" if stat else "-", owner=q(f"{stat[1]}:{stat[2]}" if stat else "-"))
+    await stage.run(script, quiet=True)
+    stage.audit.record("file_keep", host=getattr(stage.target, "host", ""), path=path,
+                       absent=content is None)
 
 
 def reversals(stage) -> list[Run]:
@@ -254,12 +322,18 @@ def record(stage, outcome: Outcome, **extra) -> None:
     stage.audit.record("operation", name=outcome.name, status=outcome.status, **fields)
 
 
-def operation(name: str, *, undo_run_on_failure: bool = False):
-    """Make an async `fn(stage, ...) -> Plan | Outcome` a recorded, reversible operation."""
+def operation(name: str, *, undo_run_on_failure: bool = False,
+              offline: Callable[..., list[str]] | None = None):
+    """Make an async `fn(stage, ...) -> Plan | Outcome` a recorded, reversible operation.
+
+    `offline(stage, ...)` is given for checks: the lines a plan made without connecting
+    shows for them (the commands they run, what they expect) instead of running them."""
 
     def decorate(fn: Callable[..., Awaitable[Plan | Outcome]]):
         @functools.wraps(fn)
         async def run(stage, *args, **kwargs) -> Outcome:
+            if getattr(stage, "offline", False):
+                return await _plan_offline(stage, name, fn, offline, args, kwargs)
             started = time.monotonic()
             try:
                 result = await fn(stage, *args, **kwargs)
@@ -280,6 +354,67 @@ def operation(name: str, *, undo_run_on_failure: bool = False):
         return run
 
     return decorate
+
+
+# --- plans made without connecting -----------------------------------------------------------
+
+@dataclass
+class Planned:
+    """One operation of a plan made without connecting: its plan (or, for a check, what it
+    looks at), and for each step the files it changes on the imagined fresh host."""
+
+    name: str
+    plan: Plan | None = None
+    check: list[str] = field(default_factory=list)
+    changes: list[list[tuple[str, str | None, str | None]]] = field(default_factory=list)
+
+    @property
+    def is_check(self) -> bool:
+        return self.plan is None
+
+
+def planned(stage) -> list[Planned]:
+    """The operations planned so far in this (offline) stage, in order."""
+    return facts.scratch(stage).setdefault("planned", [])
+
+
+async def _plan_offline(stage, name, fn, describe, args, kwargs) -> Outcome:
+    if describe is not None:
+        entry = Planned(name, check=list(describe(stage, *args, **kwargs)))
+        planned(stage).append(entry)
+        return Outcome(name, "ok", "check", evidence="\n".join(entry.check))
+    try:
+        result = await fn(stage, *args, **kwargs)
+    except NeedsHost as e:  # a check without a description: show what it would run
+        planned(stage).append(Planned(name, check=[e.what if e.what.startswith("#")
+                                                   else f"$ {e.what}"]))
+        return Outcome(name, "ok", "check")
+    if not isinstance(result, Plan):  # a check that needs no description
+        planned(stage).append(Planned(name, check=[result.detail] if result.detail else []))
+        return result
+    entry = Planned(name, plan=result)
+    if not result.skip:
+        entry.changes = simulate(stage.fresh, result.steps + result.cleanup)
+        facts.forget(stage)  # what the next operation reads is the host as this one left it
+    planned(stage).append(entry)
+    status = "skipped" if result.skip else ("ok" if result.empty else "changed")
+    return Outcome(name, status, result.skip or result.found, plan=result)
+
+
+def simulate(host, steps) -> list[list[tuple[str, str | None, str | None]]]:
+    """Apply plan steps to a `facts.FreshHost`; per step, the (path, before, after) of each
+    file whose content it changed (before/after None: absent)."""
+    changes = []
+    for step in steps:
+        before = dict(host.files)
+        if isinstance(step, Write):
+            host.write(step.path, step.new)
+        elif isinstance(step, Run) and step.effect is not None:
+            step.effect(host)
+        paths = sorted(set(before) | set(host.files))
+        changes.append([(p, before.get(p), host.files.get(p)) for p in paths
+                        if before.get(p) != host.files.get(p)])
+    return changes
 
 
 async def _failed(stage, name: str, error: BaseException, started: float, whole_run: bool):
@@ -413,13 +548,18 @@ def get_shell_var(text: str, key: str) -> str | None:
     return " ".join(words)
 
 
-def set_shell_var(text: str, key: str, value: str) -> str:
+def set_shell_var(text: str, key: str, value: str, *, quoted: bool = False) -> str:
     """`key=value` in a shell-style file: the last assignment replaced (earlier ones left as
-    they are: the last one wins), or appended when there is none; unchanged if equal."""
+    they are: the last one wins), or appended when there is none; unchanged if equal.
+    `quoted` writes a plain value in double quotes all the same (`pkg_scripts="postfix"`,
+    as the guide writes a list that may grow)."""
     if get_shell_var(text, key) == value:
         return text
     lines = text.splitlines(keepends=True)
-    line = f"{key}={shell_value(value)}\n"
+    shown = shell_value(value)
+    if quoted and not shown.startswith(("'", '"')):
+        shown = f'"{value}"'
+    line = f"{key}={shown}\n"
     found = _shell_assignments(lines, key)
     if found:
         lines[found[-1]] = line
@@ -457,3 +597,45 @@ def active_lines(text: str, pattern: str) -> list[str]:
     regex = re.compile(pattern)
     return [line for line in text.splitlines()
             if line.strip() and not line.lstrip().startswith("#") and regex.search(line)]
+
+
+# --- rcctl(8) on rc.conf.local (OpenBSD >= 5.7), as a pure function --------------------------
+
+RCCTL_VARIABLES = ("execdir", "flags", "logger", "rtable", "timeout", "user")
+
+
+def rcctl_edit(text: str | None, action: str, daemon: str, value: str = "", *,
+               base: bool, default_flags: str = "") -> str | None:
+    """rc.conf.local as rcctl leaves it (rcctl.sh: grep/sed into a temp file, then `sort -u`
+    over the whole file; an empty result removes the file; values unquoted). For plans made
+    without connecting and for tests; on a host rcctl itself does the edit.
+
+    action: "enable" / "disable" (a base daemon's `<daemon>_flags`, a package daemon's place
+    in pkg_scripts) or "flags" (`rcctl set <daemon> flags <value>`)."""
+    lines = (text or "").splitlines()
+    own = re.compile(rf"{re.escape(daemon)}_({'|'.join(RCCTL_VARIABLES)})=")
+
+    def words(key: str) -> list[str]:
+        found = [line.split("=", 1)[1] for line in lines if line.startswith(key + "=")]
+        return (found[-1] if found else "").split()
+
+    if action == "enable" and not base:
+        scripts = words("pkg_scripts")
+        lines = [line for line in lines if not line.startswith("pkg_scripts=")]
+        lines.append("pkg_scripts=" + " ".join(scripts + ([] if daemon in scripts else [daemon])))
+    elif action == "disable" and not base:
+        scripts = [w for w in words("pkg_scripts") if w != daemon]
+        lines = [line for line in lines if not line.startswith("pkg_scripts=")]
+        lines += [f"pkg_scripts={' '.join(scripts)}"] if scripts else []
+    elif action == "disable":
+        lines = [line for line in lines if not own.match(line)] + [f"{daemon}_flags=NO"]
+    elif action == "enable":
+        lines = [line for line in lines if not line.startswith(f"{daemon}_flags=")]
+    elif action == "flags":
+        lines = [line for line in lines if not line.startswith(f"{daemon}_flags=")]
+        if value != default_flags:
+            lines.append(f"{daemon}_flags={value}")
+    else:
+        raise ValueError(f"rcctl_edit: unknown action {action!r}")
+    result = sorted(set(lines))
+    return "".join(line + "\n" for line in result) if result else None

@@ -244,7 +244,7 @@ async def ensure_queue_runner_commented(stage) -> Plan:
         plan.found = ("already commented out: " + "; ".join(commented) if commented
                       else "no queue runner of another mail server in root's crontab")
         return plan
-    plan.found = "found: " + "; ".join(lines)
+    plan.found = "active: " + "; ".join(lines)
     plan.steps = [Write(profile.crontab_file, text, comment_out(text, profile.queue_runner),
                         why="commented, not deleted: going back stays a one-character edit")]
     return plan
@@ -257,7 +257,9 @@ async def ensure_syslog_reloaded(stage) -> Plan:
 
 # --- 30-configure ----------------------------------------------------------------------------
 
-@operation("postconf -n before the changes")
+@operation("postconf -n before the changes",
+           offline=lambda stage: [f"$ {_profile(stage).postconf} -n    # shown, to compare "
+                                  "with the end of the stage"])
 async def current_settings(stage) -> Outcome:
     """What main.cf sets now (kept to show the difference at the end of the stage)."""
     settings = await facts.read_one(stage, _postconf_n(stage))
@@ -318,7 +320,8 @@ async def ensure_aliases(stage) -> Plan:
                                 why="alias entries from postfix.aliases"))
     if database and (entries_change or not fresh_db[0]):
         plan.steps.append(Run(f"{q(profile.tool('postalias'))} {q(table)}",
-                              why=f"rebuild {database} from {source}"))
+                              why=f"rebuild {database} from {source}",
+                              effect=lambda host: host.add(database)))
     entries = ", ".join(f"{k}: {', '.join(v)}" for k, v in stage.params.postfix.aliases.items())
     plan.found = f"{plan.found}; entries {entries or '(none given)'}"
     return plan
@@ -338,7 +341,9 @@ async def ensure_extra_settings(stage) -> Plan:
     return plan
 
 
-@operation("postconf -n after the changes, as a diff")
+@operation("postconf -n after the changes, as a diff",
+           offline=lambda stage: [f"$ {_profile(stage).postconf} -n    # shown as a diff "
+                                  "against the start of the stage"])
 async def settings_diff(stage) -> Outcome:
     """`postconf -n` now, as a diff against the start of the stage."""
     after = await facts.read_one(stage, _postconf_n(stage))
@@ -361,7 +366,11 @@ def _postconf_text(settings: dict[str, str]) -> str:
 
 # --- 40-start --------------------------------------------------------------------------------
 
-@operation("G14 postfix check: no complaints", undo_run_on_failure=True)
+@operation("G14 postfix check: no complaints", undo_run_on_failure=True,
+           offline=lambda stage: [
+               f"$ {_profile(stage).postfix_check()}",
+               "# must print nothing and exit 0; otherwise every file this run edited is put "
+               "back and the stage stops, before anything is stopped or started"])
 async def check_postfix(stage) -> Outcome:
     """`postfix check` must print nothing and succeed; otherwise every file this run edited
     is restored and the stage stops, before anything is stopped or started."""
@@ -377,7 +386,12 @@ async def check_postfix(stage) -> Outcome:
     return Outcome("", "ok", "no complaints")
 
 
-@operation("G15 postconf -n: every setting as intended", undo_run_on_failure=True)
+@operation("G15 postconf -n: every setting as intended", undo_run_on_failure=True,
+           offline=lambda stage: [
+               f"$ {_profile(stage).postconf} -n    # must show each of these, and no "
+               "'unused parameter' warning:",
+               *(f"#   {k} = {v}" for k, v in
+                 wanted_settings(stage.params, _profile(stage)).items())])
 async def review_settings(stage) -> Outcome:
     """The settings Postfix actually reads, compared with the wanted ones; an unknown
     parameter name in main.cf (a typo) fails here too."""
@@ -416,7 +430,7 @@ async def start_postfix(stage) -> Plan:
     if pid is None:
         start = profile.start_postfix()
         plan.found = "Postfix is not running"
-        plan.steps = [Run(f"{start.command} && {stamp}", why=start.why)]
+        plan.steps = [Run(f"{start.command} && {stamp}", why=start.why, effect=start.effect)]
         plan.undo = [Run(f"{q(profile.postfix)} stop", why="it was not running before")]
     elif stale:
         plan.found = f"master {pid} runs, but main.cf or master.cf changed since it read them"
@@ -444,8 +458,18 @@ def _stale(stage) -> Fact:
                 lambda out, _s: out.strip() == "stale", fresh=False)
 
 
+def _describe_listening(stage) -> list[str]:
+    profile = _profile(stage)
+    interfaces = stage.params.postfix.inet_interfaces
+    must, _may = expected_listeners(interfaces, ["all"])
+    where = "every address" if "all" in interfaces else ", ".join(sorted(must))
+    return [f"$ {profile.listeners().command}",
+            f"# the master (pid in {profile.queue_dir}/pid/master.pid) listens on port 25 at "
+            f"{where} (inet_interfaces = {', '.join(interfaces)}), and nowhere else"]
+
+
 @operation("master runs and port 25 listens on exactly the configured addresses",
-           undo_run_on_failure=True)
+           undo_run_on_failure=True, offline=_describe_listening)
 async def verify_listening(stage) -> Outcome:
     profile = _profile(stage)
     values = await _postfix_values(stage)
@@ -488,7 +512,17 @@ async def _installed(stage) -> bool:
 
 # --- 50-validate -----------------------------------------------------------------------------
 
-@operation("G17 SMTP session from the server itself")
+def _describe_smtp_session(stage) -> list[str]:
+    p = stage.params.postfix
+    address = smtp_address(p.inet_interfaces)
+    return [f"# SMTP to {address}:25 from the server itself (a TCP connection through the "
+            "SSH session, as the guide's telnet localhost smtp):",
+            f"#   220 greeting, EHLO {p.myhostname}, MAIL FROM:<root@{p.myhostname}>, "
+            f"RCPT TO:<{test_address(stage.params)}>, DATA 354, a message whose subject is "
+            "unique to the run, 250 queued as ID, QUIT 221"]
+
+
+@operation("G17 SMTP session from the server itself", offline=_describe_smtp_session)
 async def send_test_message(stage) -> Outcome:
     """The guide's hand-typed SMTP session, through the SSH connection to the server's own
     SMTP port: greeting, EHLO, MAIL FROM, RCPT TO, DATA, the message, QUIT."""
@@ -530,7 +564,11 @@ async def send_test_message(stage) -> Outcome:
                    f"(EHLO listed {', '.join(extensions)})", evidence=smtp.shown(), value=sent)
 
 
-@operation("G18 the mail log follows the queue id to status=sent")
+@operation("G18 the mail log follows the queue id to status=sent",
+           offline=lambda stage: [
+               f"$ {probes.follow_log_command(q(_profile(stage).mail_log), 'QUEUEID', LOG_WAIT)}",
+               "# QUEUEID from G17: its client, from, to, relay=local, status=sent, removed "
+               f"(waits up to {LOG_WAIT:.0f} s)"])
 async def follow_mail_log(stage) -> Outcome:
     sent = _state(stage).get("sent")
     if sent is None:
@@ -551,7 +589,25 @@ async def follow_mail_log(stage) -> Outcome:
                    evidence=shown, value=delivery)
 
 
-@operation("G19 the recipient's mailbox holds the message (read without changing it)")
+def _mail_listing(profile, user: str) -> str:
+    """The guide's `mail -u USER`, showing the newest header line and leaving with `x`."""
+    return f"printf 'f $\\nx\\n' | {profile.mail_reader} -N -u {q(user)}"
+
+
+def _mailbox(stage) -> str:
+    return f"{_profile(stage).mailbox_dir}/{stage.params.postfix.test_recipient}"
+
+
+def _mailbox_tail(mailbox: str) -> str:
+    """The end of an mbox (tail only reads: the mailbox is left as it was)."""
+    return f"tail -c 1048576 {q(mailbox)}"
+
+
+@operation("G19 the recipient's mailbox holds the message (read without changing it)",
+           offline=lambda stage: [
+               f"$ {_mail_listing(_profile(stage), stage.params.postfix.test_recipient)}",
+               f"$ {_mailbox_tail(_mailbox(stage))}",
+               "# the message with G17's subject is in the mailbox, which is left as it was"])
 async def read_mailbox(stage) -> Outcome:
     """The guide's `mail -u USER`, told to show the newest message's header line and leave
     with `x` (no change to the mailbox); then the message itself, read from the end of the
@@ -560,11 +616,10 @@ async def read_mailbox(stage) -> Outcome:
     if sent is None:
         return Outcome("", "skipped", "no test message was sent in this stage")
     profile = _profile(stage)
-    user = q(stage.params.postfix.test_recipient)
-    mailbox = f"{profile.mailbox_dir}/{stage.params.postfix.test_recipient}"
-    listing = await stage.run(f"printf 'f $\\nx\\n' | {profile.mail_reader} -N -u {user}",
+    mailbox = _mailbox(stage)
+    listing = await stage.run(_mail_listing(profile, stage.params.postfix.test_recipient),
                               check=False, stream=False)
-    result = await stage.run(f"tail -c 1048576 {q(mailbox)}", stream=False, quiet=True)
+    result = await stage.run(_mailbox_tail(mailbox), stream=False, quiet=True)
     message = probes.find_message(result.stdout, sent["subject"])
     if message is None:
         raise OperationFailed(f"{mailbox} has no message with subject {sent['subject']!r}, "
@@ -589,7 +644,9 @@ async def ensure_chroot_files(stage) -> Plan:
         queue = q(profile.queue_dir)
         copies = "; ".join(f"cp /{q(f)} {queue}/{q(f)}" for f in differ)
         plan.steps = [Run(f"umask 022; mkdir -p {queue}/etc && {copies}",
-                          why="the chrooted services see these copies, not /etc")]
+                          why="the chrooted services see these copies, not /etc",
+                          effect=lambda host: [host.add(f"{profile.queue_dir}/{f}")
+                                               for f in differ])]
     return plan
 
 
@@ -601,11 +658,26 @@ def _chroot_copies(stage) -> Fact:
     command = (f"for f in {names}; do if [ ! -f \"/$f\" ]; then echo \"nosource $f\"; "
                f"elif [ \"$(cksum < \"/$f\")\" = \"$(cksum < {queue}/\"$f\" 2>/dev/null)\" ]; "
                "then echo \"same $f\"; else echo \"differs $f\"; fi; done")
+
+    def fresh(host):
+        def state(name):
+            source, copy = f"/{name}", f"{profile.queue_dir}/{name}"
+            if not host.exists(source):
+                return "nosource"
+            same = host.exists(copy) and host.read(source) == host.read(copy)
+            return "same" if same else "differs"
+        return {name: state(name) for name in profile.chroot_files}
+
     return Fact("chroot copies", command, lambda out, _s: {
-        name: state for state, _, name in (line.partition(" ") for line in out.splitlines())})
+        name: state for state, _, name in (line.partition(" ") for line in out.splitlines())},
+        fresh)
 
 
-@operation("G21/G10 mynetworks reviewed: not wider than the parameters")
+@operation("G21/G10 mynetworks reviewed: not wider than the parameters",
+           offline=lambda stage: [
+               f"$ {_effective(stage).command}",
+               "# every mynetworks entry lies within postfix.mynetworks ("
+               f"{', '.join(stage.params.postfix.mynetworks)}); none is the whole Internet"])
 async def review_mynetworks(stage) -> Outcome:
     values = await _postfix_values(stage)
     if values is None:
@@ -632,7 +704,19 @@ async def review_mynetworks(stage) -> Outcome:
                    value=entries)
 
 
-@operation("G21 open-relay probe from outside mynetworks")
+def _describe_relay_probe(stage) -> list[str]:
+    p = stage.params.postfix
+    named = [i for i in p.inet_interfaces if i not in ("all", "loopback-only", "localhost")]
+    if not named and "all" not in p.inet_interfaces:
+        return ["# skipped: Postfix listens on loopback only"]
+    address = named[0] if named else stage.params.target.host
+    source = f"from {p.probe_source}" if p.probe_source else "from an address outside mynetworks"
+    return [f"# from this machine straight to {address}:25 ({source}, not through SSH): EHLO, "
+            "MAIL FROM:<probe@relay-probe.invalid>, RCPT TO:<relay-test@relay-target.invalid>",
+            "#   must be refused (454 or 554); 250 would be an open relay. QUIT after RCPT"]
+
+
+@operation("G21 open-relay probe from outside mynetworks", offline=_describe_relay_probe)
 async def probe_open_relay(stage) -> Outcome:
     """From this machine straight to the server's port 25 (not through SSH: the server
     trusts its own connections), ask to relay to a .invalid domain; quit after RCPT."""

@@ -40,7 +40,8 @@ class Audit:
 
 
 class Stage:
-    """Enough of runbook.stage.Stage for operations: run() records, answers from `replies`."""
+    """Enough of runbook.stage.Stage for operations: run() records, answers from `replies`.
+    `platform={"name": "openbsd", "release": "5.0"}` gives another profile."""
 
     def __init__(self, known: dict | None = None, *, dry_run=False, mode="batch",
                  replies: dict | None = None, fail: str | None = None, **overrides):
@@ -48,7 +49,10 @@ class Stage:
         for section, values in overrides.items():
             data[section] = data[section] | values
         self.params = params.validate(**data)
-        self.platform = platforms.debian("12")
+        wanted = self.params.platform
+        self.platform = (platforms.debian("12") if wanted.name == "auto" else
+                         platforms.choose(wanted.name, wanted.release, wanted.name,
+                                          wanted.release))
         self.audit = Audit()
         self.run_dir = Path("/tmp/20250101T000000Z-test")
         self.mode, self.dry_run = mode, dry_run

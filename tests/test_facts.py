@@ -126,3 +126,31 @@ def test_network_of_postfix_notation():
 def test_split_words():
     assert facts.split_words("a, b,c  d") == ["a", "b", "c", "d"]
     assert facts.split_words("") == []
+
+
+def test_parse_fstat_listeners_keeps_unconnected_tcp_sockets():
+    text = (
+        "USER     CMD          PID   FD MOUNT        INUM MODE         R/W    SZ|DV\n"
+        "root     master     81234   12* internet stream tcp 0xd1f7c6a0 *:25\n"
+        "root     master     81234   13* internet6 stream tcp 0xd1f7c5a0 [::1]:25\n"
+        "_postfix smtpd      1111    7* internet stream tcp 0xd1f7c000 127.0.0.1:25 <-- "
+        "127.0.0.1:40000\n"
+        "root     syslogd    222     5* internet dgram udp *:514\n"
+    )
+    assert [(s.address, s.port, s.process, s.pid) for s in facts.parse_listeners(text)] == [
+        ("*", 25, "master", 81234), ("::1", 25, "master", 81234)]
+
+
+def test_fresh_host_reads_what_the_plan_wrote():
+    host = facts.FreshHost(files={"/etc/aliases": "a: b\n"})
+    host.add("/etc/aliases.db")
+    assert facts.fresh_value(facts.newer("/etc/aliases.db", "/etc/aliases"), host)
+    host.write("/etc/aliases", "a: c\n")
+    assert not facts.fresh_value(facts.newer("/etc/aliases.db", "/etc/aliases"), host)
+    assert facts.fresh_value(facts.file("/etc/aliases"), host) == "a: c\n"
+    assert facts.fresh_value(facts.postconf_n("/usr/sbin/postconf"), host) is None
+    host.packages.add("postfix")
+    host.write("/etc/postfix/main.cf", "myhostname = x\n")
+    assert facts.fresh_value(facts.postconf_n("/usr/sbin/postconf"), host) == {"myhostname": "x"}
+    host.move("/etc/aliases", "/etc/aliases.old")
+    assert not host.exists("/etc/aliases") and host.read("/etc/aliases.old") == "a: c\n"

@@ -358,3 +358,67 @@ def test_review_mynetworks_fails_when_wider_than_the_parameters(monkeypatch):
         run(postfix.review_mynetworks(stage))
     stage = Stage({EFFECTIVE: {"mynetworks": "127.0.0.1/32 127.0.0.11"}})
     assert run(postfix.review_mynetworks(stage)).status == "ok"
+
+
+# --- rc.conf.local as rcctl writes it; files kept before a command rewrites them -------------
+
+def test_rcctl_edit_follows_rcctl_sh():
+    from runbook.operations import rcctl_edit
+
+    text = rcctl_edit(None, "disable", "smtpd", base=True)
+    assert text == "smtpd_flags=NO\n"
+    text = rcctl_edit(text, "enable", "postfix", base=False)
+    assert text == "pkg_scripts=postfix\nsmtpd_flags=NO\n"  # sort -u over the whole file
+    assert rcctl_edit(text, "enable", "postfix", base=False) == text
+    assert rcctl_edit("pkg_scripts=dbus_daemon\n", "enable", "postfix", base=False) == (
+        "pkg_scripts=dbus_daemon postfix\n")
+    assert rcctl_edit(text, "disable", "postfix", base=False) == "smtpd_flags=NO\n"
+    assert rcctl_edit("smtpd_flags=NO\n", "enable", "smtpd", base=True) is None  # file removed
+    assert rcctl_edit(None, "flags", "syslogd", "-a /chroot/dev/log", base=True) == (
+        "syslogd_flags=-a /chroot/dev/log\n")
+    assert rcctl_edit("syslogd_flags=-u\n", "flags", "syslogd", "", base=True) is None
+
+
+def test_set_shell_var_quoted_as_the_guide_writes_pkg_scripts():
+    assert set_shell_var("", "pkg_scripts", "postfix", quoted=True) == 'pkg_scripts="postfix"\n'
+    assert set_shell_var("pkg_scripts=postfix\n", "pkg_scripts", "postfix", quoted=True) == (
+        "pkg_scripts=postfix\n")  # already right: left as written
+
+
+def test_keep_backs_the_file_up_before_a_command_rewrites_it(monkeypatch):
+    from runbook.operations import Keep
+
+    files = install_files(monkeypatch)
+    kept = []
+
+    async def keep_file(stage, path):
+        kept.append(path)
+
+    monkeypatch.setattr(operations, "keep_file", keep_file)
+    stage = Stage(fail="rcctl enable")
+    plan = Plan("p", steps=[Keep("/etc/rc.conf.local"), Run("rcctl enable postfix")])
+    files.writes.append(("/etc/rc.conf.local", b""))  # what backed_up_paths reports
+    with pytest.raises(CommandFailed):
+        run(_planned(stage, plan))
+    assert kept == ["/etc/rc.conf.local"] and files.restored == ["/etc/rc.conf.local"]
+
+
+def test_offline_operations_record_plans_and_change_the_imagined_host(monkeypatch):
+    files = install_files(monkeypatch)
+    stage = Stage()
+    stage.offline = True
+    stage.fresh = facts.FreshHost(files={"/etc/x": "old\n"})
+    plan = Plan("p", steps=[Write("/etc/x", "old\n", "new\n"),
+                            Run("make-y", effect=lambda host: host.write("/etc/y", "y\n"))])
+    outcome = run(_planned(stage, plan))
+    assert outcome.status == "changed" and stage.commands == [] and files.writes == []
+    assert stage.fresh.read("/etc/x") == "new\n" and stage.fresh.read("/etc/y") == "y\n"
+    (entry,) = operations.planned(stage)
+    assert entry.changes == [[("/etc/x", "old\n", "new\n")], [("/etc/y", None, "y\n")]]
+
+    @operations.operation("a check", offline=lambda stage: ["$ look"])
+    async def check(stage):
+        raise AssertionError("a check does not run offline")
+
+    assert run(check(stage)).status == "ok"
+    assert operations.planned(stage)[-1].check == ["$ look"]
