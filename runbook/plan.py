@@ -115,11 +115,19 @@ def profile_for(params: params_model.Params) -> platforms.Profile:
 async def build(params: params_model.Params,
                 stages: list[str] | None = None) -> list[StagePlan]:
     """The plan of each stage (the default run unless `stages` names others), in order, all
-    against one imagined fresh host."""
+    against one imagined fresh host. The default stages before a chosen one are planned too
+    (not returned): a stage is planned against the host as the run before it leaves it."""
     profile = profile_for(params)
     host = profile.fresh_host(params)
-    return [await _plan_stage(info, params, profile, host)
-            for info in stage_manifest.select(stages)]
+    chosen = stage_manifest.select(stages)
+    last = max(stage_manifest.MANIFEST.index(info) for info in chosen) if chosen else -1
+    plans = []
+    for info in stage_manifest.MANIFEST[:last + 1]:
+        if info in chosen or info.default:
+            stage_plan = await _plan_stage(info, params, profile, host)
+            if info in chosen:
+                plans.append(stage_plan)
+    return plans
 
 
 def make(params: params_model.Params, stages: list[str] | None = None) -> list[StagePlan]:
@@ -155,6 +163,9 @@ async def _plan_stage(info, params, profile, host) -> StagePlan:
                     await returned
             except NeedsHost as e:
                 result.stopped = e.what
+                break
+            except RunbookError as e:  # the stage would stop here on any host: say why
+                result.stopped = f"# the stage stops here: {e}"
                 break
             except Exception as e:
                 raise PlanError(f"{info.name}, cell {number}: {type(e).__name__}: {e}") from e
@@ -193,7 +204,9 @@ def render(plans: list[StagePlan], params: params_model.Params, source: str = ""
         out += ["", f"== {info.name} · {info.title} ({info.steps}) =="]
         for entry in stage_plan.entries:
             out += ["", *_entry(entry)]
-        if stage_plan.stopped:
+        if stage_plan.stopped.startswith("#"):
+            out += ["", *_indent(stage_plan.stopped.splitlines(), 0)]
+        elif stage_plan.stopped:
             out += ["", "from here on the stage depends on what the host answers; it reads:",
                     *_indent(_command(stage_plan.stopped.strip("\n")), 2)]
         if not stage_plan.entries and not stage_plan.stopped:

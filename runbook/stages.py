@@ -37,6 +37,7 @@ MANIFEST: tuple[StageInfo, ...] = (
     StageInfo("60-harden", "Chroot files and relay review", "G20, G21, G10"),
     StageInfo("70-dovecot", "Mailbox access with Dovecot", "G22"),
     StageInfo("90-troubleshoot", "Troubleshooting", "G24", default=False),
+    StageInfo("95-rollback", "Going back to the previous mail server", "G23", default=False),
 )
 
 

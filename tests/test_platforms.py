@@ -225,10 +225,12 @@ def test_rc_conf_local_flags_and_scripts_already_there_are_kept():
 
 
 def test_syslogd_socket_hup_then_restart_only_when_missing():
-    stage = openbsd({"test -S /var/spool/postfix/dev/log": False})
+    stage = openbsd({"test -S /var/spool/postfix/dev/log": False,
+                     RC: 'syslogd_flags="-u -a /var/spool/postfix/dev/log"\n'})
     hup, restart = run(stage.platform.syslog_reload(stage)).steps
     assert hup.command == "kill -HUP $(cat /var/run/syslog.pid)"
-    assert "/etc/rc.d/syslogd restart" in restart.command
+    assert "/etc/rc.d/syslogd restart" in restart.command  # where there is one, else as rc:
+    assert "syslogd -u -a /var/spool/postfix/dev/log; fi" in restart.command
     stage = openbsd({"test -S /var/spool/postfix/dev/log": True})
     assert run(stage.platform.syslog_reload(stage)).empty
     today = openbsd(release="7.6")
