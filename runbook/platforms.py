@@ -315,6 +315,7 @@ class Debian(Profile):
             "20-enable": [self.sendmail_owner(), self.boot_services(), self.packages(),
                           self.rsyslog_conf(), self.running_services(), self.log_socket()],
             "40-start": [self.running_services(), self.listeners()],
+            "95-rollback": [self.boot_services(), self.previous_mta_marker()],
         }.get(stage_name, [])
 
     # --- G1, G2 ----------------------------------------------------------------------------
@@ -918,14 +919,22 @@ class OpenBSDRcConf(OpenBSD):
         if present:
             plan.found = f"{self.socket} exists"
             return plan
+        text = await facts.read_one(stage, self.rc_conf_local())  # prefetched with the socket
+        flags = get_shell_var(text or "", "syslogd_flags")
+        flags = self.rc_default("syslogd_flags") if flags is None else flags
+        # /etc/rc.d/syslogd where there is one; otherwise as 5.0's /etc/rc starts it
+        gone = wait_gone('"$pid"')
+        restart = ("if [ -x /etc/rc.d/syslogd ]; then /etc/rc.d/syslogd restart; else "
+                   f'pid=$(cat {SYSLOG_PID}) && kill "$pid" && {{ {gone}; }} && '
+                   f"syslogd {' '.join(q(w) for w in flags.split())}; fi")
         plan.found = f"{self.socket} is missing"
         plan.steps = [
             Run(f"kill -HUP $(cat {SYSLOG_PID})",
                 why="the guide's step: syslogd re-reads /etc/syslog.conf"),
             Run(f"i=0; while [ ! -S {sock} ] && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); "
-                f"done; [ -S {sock} ] || {{ /etc/rc.d/syslogd restart && [ -S {sock} ]; }}",
-                why="a HUP cannot give the running syslogd the new -a flag: when the socket "
-                    "is still missing, syslogd restarts with its rc.conf.local flags",
+                f"done; [ -S {sock} ] || {{ {restart} && [ -S {sock} ]; }}",
+                why="a HUP cannot give the running syslogd its new -a flag: when the socket "
+                    f"is still missing, syslogd starts again with syslogd_flags={flags}",
                 effect=lambda host: host.add(self.socket)),
         ]
         return plan
