@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email
 import email.policy
+import functools
 import hashlib
 import ipaddress
 import os
@@ -522,7 +524,17 @@ def _pending(stage, plan: Plan) -> Plan:
 
 
 def _delivery(stage) -> Fact:
-    return facts.postconf_values(_profile(stage).postconf, DELIVERY_SETTINGS)
+    profile = _profile(stage)
+
+    def fresh(host) -> dict[str, str] | None:  # a plan made without connecting
+        settings = host.postconf_n()
+        if settings is None:
+            return None
+        defaults = dict.fromkeys(DELIVERY_SETTINGS, "") | {
+            "mail_spool_directory": profile.mailbox_dir}
+        return {k: settings.get(k, defaults[k]) for k in DELIVERY_SETTINGS}
+    return dataclasses.replace(facts.postconf_values(profile.postconf, DELIVERY_SETTINGS),
+                               fresh=fresh)
 
 
 def _conf(stage) -> Fact:
@@ -543,8 +555,9 @@ def _certificate_fact(stage) -> Fact:
         if state not in ("nocert", "nokey", "match", "mismatch"):
             raise facts.FactError(f"cannot read the certificate {c.cert} (exit {status})")
         return {"state": state, "pem": pem}
-    return Fact(f"dovecot certificate {c.cert}", command, parse,
-                fresh={"state": "nocert", "pem": ""})
+    return Fact(f"dovecot certificate {c.cert}", command, parse, fresh=lambda host: {
+        "state": "match" if host.exists(c.cert) and host.exists(c.key) else "nocert",
+        "pem": ""})
 
 
 def _files(stage) -> str:
@@ -583,7 +596,8 @@ def _master(stage) -> Fact:
     def parse(out: str, _status: int) -> dict:
         pid = re.search(r"^pid (\d+)$", out, re.M)
         return {"pid": int(pid.group(1)) if pid else None, "stale": "stale" in out.split()}
-    return Fact("dovecot master", command, parse, fresh={"pid": None, "stale": False})
+    return Fact("dovecot master", command, parse, fresh=lambda host: {
+        "pid": 1 if "dovecot" in host.running else None, "stale": False})
 
 
 # The settings the check reads back (a fixed list, so the stage's first read fetches them).
@@ -620,9 +634,81 @@ async def _delivery_values(stage) -> dict[str, str] | None:
     return values
 
 
+# --- what each check looks at, for plans made without connecting (`runbook plan`) -------------
+
+def _described(describe):
+    """A describer that says "skipped" when Dovecot is not wanted."""
+    @functools.wraps(describe)
+    def wrapper(stage) -> list[str]:
+        return [f"# skipped: {_disabled(stage)}"] if _disabled(stage) else describe(stage)
+    return wrapper
+
+
+@_described
+def _describe_password(stage) -> list[str]:
+    d = stage.params.dovecot
+    where = (f"the environment variable {d.test_password_env}" if d.test_password_env
+             else f"the file {d.test_password_file}" if d.test_password_file
+             else "nowhere yet: set dovecot.test_password_env or dovecot.test_password_file")
+    return [f"# the test recipient's password is read on this machine from {where}; never "
+            "shown, masked in every record"]
+
+
+@_described
+def _describe_delivery(stage) -> list[str]:
+    fmt = stage.params.dovecot.mailbox_format
+    want = ("home_mailbox = Maildir/" if fmt == "maildir" else
+            "no home_mailbox, an mbox spool directory")
+    return [f"$ {_profile(stage).postconf} {' '.join(DELIVERY_SETTINGS)}",
+            f"# {fmt}: {want}, and no mailbox_command or mailbox_transport"]
+
+
+@_described
+def _describe_check_config(stage) -> list[str]:
+    doveconf = _profile(stage).dovecot_tool("doveconf")
+    wanted = _settings(stage, None).values()
+    return [f"$ {doveconf} -n    # shown; no warning or error",
+            f"$ {doveconf} {' '.join(CHECKED)}    # each as written:",
+            *(f"#   {k} = {v}" for k, v in wanted.items())]
+
+
+@_described
+def _describe_listening(stage) -> list[str]:
+    expected = expected_sockets(listen_addresses(stage.params), protocols(stage.params))
+    return [f"$ {_profile(stage).listeners().command}",
+            f"# Dovecot's master listens on exactly {_pairs(expected)}"]
+
+
+def _describe_login(protocol: str):
+    def describe(stage) -> list[str]:
+        if protocol == "pop3" and not stage.params.dovecot.pop3:
+            return ["# skipped: dovecot.pop3 is false"]
+        port = PORTS[protocol][1]
+        steps = ("LOGIN, EXAMINE INBOX (read-only), SEARCH SUBJECT of the validation "
+                 "message, FETCH BODY.PEEK[HEADER.FIELDS (…)], LOGOUT" if protocol == "imap"
+                 else "USER, PASS, STAT, TOP n 0 until the test message, closed without QUIT")
+        return [f"# TLS to {connect_address(stage.params)}:{port} through the SSH connection, "
+                "the certificate pinned to the one read from the host",
+                f"# as {stage.params.postfix.test_recipient}: {steps}"]
+    return _described(describe)
+
+
+@_described
+def _describe_probe(stage) -> list[str]:
+    address, why = _reachable(stage.params, listen_addresses(stage.params))
+    if address is None:
+        return [f"# skipped: {why}"]
+    source = stage.params.postfix.probe_source or "(the address this machine picks)"
+    ports = ", ".join(str(PORTS[p][0]) for p in protocols(stage.params))
+    return [f"# from this machine, source {source}, straight to {address} port {ports}",
+            "# LOGIN (USER/PASS) with a made-up password must be refused for want of TLS "
+            "(LOGINDISABLED, NO [PRIVACYREQUIRED])"]
+
+
 # --- 70-dovecot: setting up --------------------------------------------------------------------
 
-@operation("G22 the test recipient's password is at hand (read here, never shown)")
+@operation("G22 the test recipient's password is at hand (read here, never shown)",
+           offline=_describe_password)
 async def check_password(stage) -> Outcome:
     """Read before anything changes, so a missing password stops the stage while the host
     is still as it was."""
@@ -635,7 +721,7 @@ async def check_password(stage) -> Outcome:
     return Outcome("", "ok", f"read from the {where}; masked in every record")
 
 
-@operation("G22 Postfix delivers where Dovecot will read")
+@operation("G22 Postfix delivers where Dovecot will read", offline=_describe_delivery)
 async def check_delivery(stage) -> Outcome:
     """Postfix's delivery settings must match dovecot.mailbox_format: mbox files in the
     spool (the default), or ~/Maildir/ (home_mailbox = Maildir/)."""
@@ -656,7 +742,7 @@ async def check_delivery(stage) -> Outcome:
     return Outcome("", "ok", detail, evidence=shown, value=location)
 
 
-@operation("G22 install Dovecot's IMAP server (services held until configured)")
+@operation("G22 install Dovecot's IMAP server (nothing started until configured)")
 async def install(stage) -> Plan:
     if _disabled(stage):
         return Plan("install Dovecot", skip=_disabled(stage))
@@ -704,7 +790,8 @@ async def ensure_certificate(stage) -> Plan:
         f"|| {{ echo \"$out\" >&2; exit 1; }}; chmod 644 {cert}.new && "
         f"mv {key}.new {key} && mv {cert}.new {cert} && "
         f"openssl x509 -in {cert} -noout -subject -enddate -fingerprint -sha256",
-        why=f"a self-signed certificate for {name}, made once and kept on the host")]
+        why=f"a self-signed certificate for {name}, made once and kept on the host",
+        effect=lambda host: (host.add(c.cert), host.add(c.key)))]
     if state == "nocert":
         plan.undo = [Run(f"rm -f {cert} {key}", why="the certificate was made by this stage")]
     return _pending(stage, plan)
@@ -729,7 +816,8 @@ async def ensure_config(stage) -> Plan:
     return _pending(stage, plan)
 
 
-@operation("G22 doveconf -n: no errors, settings as intended")
+@operation("G22 doveconf -n: no errors, settings as intended",
+           offline=_describe_check_config)
 async def check_config(stage) -> Outcome:
     """`doveconf -n` (the settings that differ from the defaults) shown; it must exit 0
     without warnings, and the settings the runbook wrote must be what Dovecot reads (no
@@ -793,7 +881,8 @@ async def start(stage) -> Plan:
     return _pending(stage, plan)
 
 
-@operation("G22 Dovecot listens on exactly the configured addresses")
+@operation("G22 Dovecot listens on exactly the configured addresses",
+           offline=_describe_listening)
 async def verify_listening(stage) -> Outcome:
     if _disabled(stage):
         return Outcome("", "skipped", _disabled(stage))
@@ -941,7 +1030,8 @@ def _search_terms(stage) -> list[tuple[str, str]]:
             ("the newest mail-runbook test message", f"SUBJECT {quoted('mail-runbook')}")]
 
 
-@operation("G22 IMAP login over TLS finds the test message (read-only)")
+@operation("G22 IMAP login over TLS finds the test message (read-only)",
+           offline=_describe_login("imap"))
 async def imap_login(stage) -> Outcome:
     """IMAPS through the SSH connection, the certificate pinned: LOGIN as the test
     recipient, EXAMINE INBOX (read-only), SEARCH for the validation stage's subject, and
@@ -999,7 +1089,8 @@ async def imap_login(stage) -> Outcome:
                           "capabilities": sorted(capabilities)})
 
 
-@operation("G22 POP3 login over TLS finds the test message (optional, read-only)")
+@operation("G22 POP3 login over TLS finds the test message (optional, read-only)",
+           offline=_describe_login("pop3"))
 async def pop3_login(stage) -> Outcome:
     """POP3S through the SSH connection, certificate pinned: USER/PASS, STAT, TOP n 0 (the
     headers only) from the newest message down until the test message is found; the
@@ -1079,7 +1170,8 @@ def _inside(address: str, networks: str) -> bool:
     return False
 
 
-@operation("G22 plaintext login without TLS refused, tried from outside")
+@operation("G22 plaintext login without TLS refused, tried from outside",
+           offline=_describe_probe)
 async def probe_plaintext_refused(stage) -> Outcome:
     """From this machine straight to port 143 (110 too with POP3), from postfix.probe_source:
     the greeting's capabilities, then LOGIN with a made-up password. It must be refused
