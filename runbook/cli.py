@@ -65,7 +65,8 @@ def _lab(args) -> int:
     from . import lab
 
     if args.lab_command == "up":
-        hosts = lab.up(args.hosts, checkout=Path.cwd())
+        hosts = lab.up(args.hosts, checkout=Path.cwd(), flavor=args.flavor,
+                       release=args.release)
         _print_hosts(hosts, args)
     elif args.lab_command == "down":
         stopped = lab.down()
@@ -139,7 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="disposable local target hosts (needs root)")
     lab_sub = lab.add_subparsers(required=True, dest="lab_command", metavar="ACTION")
     up = lab_sub.add_parser("up", help="boot lab hosts (idempotent)")
-    up.add_argument("--hosts", type=int, default=1, help="at least this many Debian hosts")
+    up.add_argument("--hosts", type=int, default=1, help="at least this many hosts of the flavor")
+    up.add_argument("--flavor", choices=("debian", "openbsd"), default="debian",
+                    help="openbsd: an emulated OpenBSD layout over Debian (see README)")
+    up.add_argument("--release", help='the era an OpenBSD host imitates: "5.0" or "7.6"')
     up.add_argument("--json", action="store_true")
     lab_sub.add_parser("down", help="stop every lab host, leave nothing behind")
     for action in ("reset", "reboot"):
