@@ -1037,11 +1037,7 @@ class OpenBSDRcConf(OpenBSD):
         text = await facts.read_one(stage, self.rc_conf_local())  # prefetched with the socket
         flags = get_shell_var(text or "", "syslogd_flags")
         flags = self.rc_default("syslogd_flags") if flags is None else flags
-        # /etc/rc.d/syslogd where there is one; otherwise as 5.0's /etc/rc starts it
-        gone = wait_gone('"$pid"')
-        restart = ("if [ -x /etc/rc.d/syslogd ]; then /etc/rc.d/syslogd restart; else "
-                   f'pid=$(cat {SYSLOG_PID}) && kill "$pid" && {{ {gone}; }} && '
-                   f"syslogd {' '.join(q(w) for w in flags.split())}; fi")
+        restart = self.restart_syslogd(flags)
         plan.found = f"{self.socket} is missing"
         plan.steps = [
             Run(f"kill -HUP $(cat {SYSLOG_PID})",
@@ -1053,6 +1049,14 @@ class OpenBSDRcConf(OpenBSD):
                 effect=lambda host: host.add(self.socket)),
         ]
         return plan
+
+    def restart_syslogd(self, flags: str) -> str:
+        """Shell: syslogd started again with `flags`, through /etc/rc.d/syslogd where there is
+        one, otherwise as 5.0's /etc/rc starts it (stopped through its pid file first)."""
+        gone = wait_gone('"$pid"')
+        return ("if [ -x /etc/rc.d/syslogd ]; then /etc/rc.d/syslogd restart; else "
+                f'pid=$(cat {SYSLOG_PID}) && kill "$pid" && {{ {gone}; }} && '
+                f"syslogd {' '.join(q(w) for w in flags.split())}; fi")
 
     # --- G13, G16 ----------------------------------------------------------------------------
     async def stop_previous_mta(self, stage) -> Plan:
@@ -1099,7 +1103,7 @@ class OpenBSDRcConf(OpenBSD):
                     found=f"{mta}_flags={flags or '(empty)'}; {mta} "
                           f"{'runs' if running else 'is not running'}")
         if self.syslog_socket and present and self.socket not in syslogd:
-            plan.steps.append(Run("/etc/rc.d/syslogd restart",
+            plan.steps.append(Run(self.restart_syslogd(syslogd),
                                   why="syslogd drops the chroot socket, as its restored "
                                       "flags say"))
         if flags != "NO" and not running:
