@@ -5,7 +5,9 @@ tests run in order, each building on the host the one before left: a
 dry run on the fresh host, a full run whose IMAP login finds the test message, clients that
 are not ours (imaplib over TLS; imaplib without TLS from outside, refused), a second run, a
 dry run with a change, a failed check that must put the config back byte for byte, a
-reboot, and Maildir with POP3.
+reboot, and Maildir with POP3. Then the same stage on the emulated OpenBSD hosts (5.0 and
+7.6): a full run, the login class and rcctl (7.6) or pkg_scripts (5.0), clients that are not
+ours, and a second run.
 
 They need root and the lab; they fail (never skip) when the lab cannot start.
 """
@@ -16,6 +18,7 @@ import imaplib
 import json
 import os
 import poplib
+import shlex
 import smtplib
 import socket
 import ssl
@@ -274,6 +277,91 @@ def test_maildir_and_pop3_switched_together(host, params, first_run, tmp_path):
     finally:
         client.close()  # without QUIT: nothing in the mailbox changes
     assert operations(run(tmp_path, changed, ["70-dovecot"]), "changed") == []
+
+
+# --- the emulated OpenBSD hosts (Debian underneath: see docs/openbsd-emulation.md) -------------
+
+OPENBSD = ("5.0", "7.6")
+
+
+@pytest.fixture(scope="module", params=OPENBSD)
+def openbsd(request, tmp_path_factory) -> dict:
+    """A fresh emulated OpenBSD host of each release, after a full default run. The third
+    host of the release (the OpenBSD lab tests take the second), or
+    RUNBOOK_TEST_OBSD_<release without dot>=obsdN, reset."""
+    release = request.param
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root: they boot real target hosts (run `make test` as root)")
+    name = os.environ.get(f"RUNBOOK_TEST_OBSD_{release.replace('.', '')}")
+    try:
+        if not name:
+            entries = [e for e in lab.up(3, CHECKOUT, flavor="openbsd", release=release)
+                       if e["flavor"] == "openbsd" and e["release"] == release]
+            name = entries[2]["name"]
+        entry = lab.reset(name)
+    except Exception as e:
+        pytest.fail(f"the lab could not give an OpenBSD {release} host: {e}")
+    data = yaml.safe_load(Path(entry["params_file"]).read_text())
+    tmp = tmp_path_factory.mktemp(f"obsd{release}")
+    return {"host": entry, "params": data, "tmp": tmp, "release": release,
+            "first": run(tmp, data)}
+
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def as_root(host: dict, command: str) -> str:
+    via = "doas " if host["user"] != "root" else ""
+    result = subprocess.run(
+        ["ssh", "-i", host["key_file"], "-o", f"UserKnownHostsFile={host['known_hosts']}",
+         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+         f"{host['user']}@{host['address']}", f"{via}sh -c {shlex.quote(command)}"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{command!r} on {host['name']}: {result.stderr}"
+    return result.stdout
+
+
+def test_openbsd_full_run_ends_with_the_imap_login_finding_the_test_message(openbsd):
+    first, host = openbsd["first"], openbsd["host"]
+    run_json = json.loads((first / "run.json").read_text())
+    assert all(s["status"] == "ok" for s in run_json["stages"].values()), run_json["stages"]
+    login = next(r for r in operations(first, "ok") if "IMAP login" in r["name"])
+    assert "this run's test message" in login["detail"]
+    done = {r["name"]: r for r in operations(first)}
+    commands = [c for r in done.values() for c in r.get("commands", [])]
+    assert "pkg_add dovecot" in commands
+    if openbsd["release"] == "5.0":
+        assert done["G22 Dovecot's login class (OpenBSD package README)"]["status"] == "skipped"
+        assert "/etc/rc.d/dovecot start" in " ".join(commands)
+        assert "dovecot" in as_root(host, "grep ^pkg_scripts= /etc/rc.conf.local")
+    else:
+        assert as_root(host, "cat /etc/login.conf.d/dovecot") == \
+            "dovecot:\\\n\t:openfiles-cur=1024:\\\n\t:openfiles-max=2048:\\\n\t:tc=daemon:\n"
+        assert "rcctl enable dovecot" in commands
+        assert "rcctl start dovecot" in " ".join(commands)
+        assert "dovecot" in as_root(host, "rcctl ls on").split()
+    assert f"listen = {host['address']}" in as_root(host, f"cat {CONF}")
+
+
+def test_openbsd_clients_not_ours_tls_accepted_plaintext_refused(openbsd):
+    host = openbsd["host"]
+    context = dv.pinned_context(as_root(host, "cat /etc/ssl/dovecotcert.pem"))
+    with imaplib.IMAP4_SSL(host["address"], 993, ssl_context=context, timeout=10) as c:
+        assert c.login(host["mail_user"], password(host))[0] == "OK"
+        assert c.select("INBOX", readonly=True)[0] == "OK"
+    client = IMAPFrom(host["address"], 143, timeout=10)
+    try:
+        assert "LOGINDISABLED" in client.capabilities
+        with pytest.raises(imaplib.IMAP4.error, match=r"PRIVACYREQUIRED|disallowed"):
+            client.login(host["mail_user"], password(host))
+    finally:
+        client.shutdown()
+
+
+def test_openbsd_second_run_changes_nothing(openbsd):
+    again = run(openbsd["tmp"], openbsd["params"])
+    changed = [r for r in audit(again) if r["type"] == "operation" and r["status"] == "changed"]
+    assert changed == [], [r["name"] for r in changed]
 
 
 def test_report_timings():
