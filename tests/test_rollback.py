@@ -99,6 +99,14 @@ def edited_paths(host: dict) -> list[str]:
     return sorted(paths)
 
 
+def planned_changes(host: dict) -> list[str]:
+    """The operations the plan for this host's parameters says will change something."""
+    loaded = params.load(host["params_file"])
+    return [entry.name for stage_plan in plan.make(loaded, SETUP + SWITCH)
+            for entry in stage_plan.entries
+            if entry.plan and not entry.plan.skip and not entry.plan.empty]
+
+
 def snapshot(host: dict, paths: list[str]) -> dict[str, str]:
     """Each path's SHA-256 (or "absent"), and root's crontab as `crontab -l` prints it."""
     script = "; ".join(
@@ -124,6 +132,9 @@ def test_switch_and_rollback_byte_for_byte_then_a_fresh_run(flavor, tmp_path):
         TIMINGS.pop(f"{host['name']} install") + TIMINGS[f"{host['name']} full run after install"],
         2)
     assert not operations(first, "failed")
+    # what the plan said would change is what changed
+    changed = [r["name"] for r in operations(installed, "changed") + operations(first, "changed")]
+    assert changed == planned_changes(host)
     _assert_mail_delivered(host, first)
     if openbsd:
         _assert_openbsd_switched(host, flavor)
