@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
+import hashlib
+import inspect
 import json
 import os
 import re
@@ -183,8 +186,12 @@ class Flavor:
 
     @property
     def layer(self) -> Path | None:
-        """The emulation layer, an overlay upper dir used as a lower one over the base."""
-        return CACHE / f"layer-{self.name}-{self.release}" if self.emulated else None
+        """The emulation layer, an overlay upper dir used as a lower one over the base. Its
+        name carries a digest of what it is built from: changed shims give new hosts a new
+        layer, while hosts made before keep the one they were made on."""
+        if not self.emulated:
+            return None
+        return CACHE / f"layer-{self.name}-{self.release}-{_layer_digest(self)}"
 
     @property
     def lowers(self) -> list[Path]:
@@ -233,8 +240,10 @@ Description: mail-runbook lab: OpenBSD emulation, the base system's MTA
 # names mailwrapper(8) answers to on OpenBSD (the links to /usr/sbin/mailwrapper)
 MAILWRAPPER_LINKS = ("usr/sbin/sendmail", "usr/bin/mailq", "usr/bin/newaliases",
                      "usr/sbin/makemap", "usr/bin/hoststat", "usr/bin/purgestat")
-# Debian's postfix package installs these too: diverted so that they stay mailwrapper
-DIVERTED = ("/usr/sbin/sendmail", "/usr/bin/mailq", "/usr/bin/newaliases")
+# Debian's files an emulated host replaces: renamed to NAME.debian (dpkg-divert), so that
+# Debian's postfix package installs its sendmail, mailq and newaliases beside mailwrapper,
+# and uname(1) can say OpenBSD whatever the PATH
+DIVERTED = ("/usr/sbin/sendmail", "/usr/bin/mailq", "/usr/bin/newaliases", "/bin/uname")
 
 
 @dataclass(frozen=True)
@@ -317,7 +326,36 @@ def up(hosts: int = 1, checkout: Path | None = None, flavor: str = "debian",
         running = [host for host in _all_hosts() if _running(host)]
         for host in running:
             _write_params(host, checkout / "params" / f"lab-{host.name}.yaml")
+        _tidy_layers()
         return [_status(host) for host in running]
+
+
+def up_host(name: str, release: str | None = None, checkout: Path | None = None,
+            fresh: bool = False) -> dict:
+    """This one host running: made if it does not exist or is of another release than
+    `release` (an OpenBSD host's), made afresh if `fresh`; its params file written. For
+    whoever needs a host of their own by name (a test module), beside those `up` hands out."""
+    named = _host(name)
+    known = named.flavor.release if named.record.exists() else None
+    kind = _flavor(named.flavor.name, release or known)
+    host = Host(kind, named.index)
+    checkout = Path.cwd() if checkout is None else Path(checkout)
+    _preflight(build=None if kind.base.exists() else kind)
+    with _locked() as lock:
+        _ensure_key()
+        _ensure_base(kind, lock)
+        _ensure_layer(kind, lock)
+        if fresh or not host.record.exists() or _host(name).flavor != kind:
+            _stop(_host(name))
+            _create(host)
+        if not _running(host):
+            _stop(host)  # leftovers of a killed run
+            _boot(host)
+        _wait_ready(host)
+        _write_params(host, Path(_record(host).get("params_file")
+                                 or checkout / "params" / f"lab-{name}.yaml"))
+        _tidy_layers()
+        return _status(host)
 
 
 def down() -> list[str]:
@@ -344,6 +382,7 @@ def reset(name: str) -> dict:
         _wait_ready(host)
         if params_file:
             _write_params(host, Path(params_file))
+        _tidy_layers()
         return _status(host)
 
 
@@ -532,6 +571,44 @@ def _mask(root: Path, units) -> None:
         link.symlink_to("/dev/null")
 
 
+@functools.cache
+def _layer_digest(kind: Flavor) -> str:
+    """What an emulation layer is built from: the release's lab files (names, modes,
+    contents) and the code that builds it."""
+    digest = hashlib.sha256()
+    source = LABFILES / kind.name
+    for tree in (source / "common", source / kind.release):
+        for path in sorted(p for p in tree.rglob("*") if p.is_file()):
+            digest.update(f"{path.relative_to(tree)}:{os.access(path, os.X_OK)}\n".encode())
+            digest.update(path.read_bytes())
+    for part in (inspect.getsource(_build_layer), inspect.getsource(_emulate),
+                 EMULATION_MARKER, EMULATION_MTA_CONTROL, repr(kind)):
+        digest.update(part.encode())
+    return digest.hexdigest()[:10]
+
+
+def _lowers(host: Host) -> list[Path]:
+    """The layers under a host's own upper dir: those it was made on."""
+    recorded = _record(host).get("lowers")
+    if recorded:
+        return [Path(path) for path in recorded]
+    legacy = CACHE / f"layer-{host.flavor.name}-{host.flavor.release}"
+    if host.flavor.emulated and host.record.exists() and legacy.exists():
+        return [legacy, host.flavor.base]  # made before layers were named by their digest
+    return host.flavor.lowers
+
+
+def _tidy_layers() -> None:
+    """Remove emulation layers no host is made on and no flavor would use."""
+    wanted = {f.layer for f in FLAVORS.values() if f.layer}
+    for host in _all_hosts():
+        wanted.update(_lowers(host))
+    for layer in CACHE.glob("layer-*"):
+        if layer.is_dir() and not layer.name.endswith(".partial") and layer not in wanted:
+            _remove_tree(layer)
+            layer.with_name(layer.name + ".log").unlink(missing_ok=True)
+
+
 def _ensure_layer(kind: Flavor, lock: int) -> None:
     """Build an emulation layer once: an overlay upper dir over the base, holding what the
     release imitates, later stacked between the base and each host's own upper dir. Built
@@ -562,7 +639,7 @@ def _build_layer(kind: Flavor, root: Path, log: Path, lock: int) -> None:
     installs = " ".join(kind.layer_packages)
     fetch = " ".join(kind.predownload)
     diversions = "; ".join(
-        f"dpkg-divert --quiet --local --rename --divert {path}.postfix-debian --add {path}"
+        f"dpkg-divert --quiet --local --rename --divert {path}.debian --add {path}"
         for path in DIVERTED)
     script = (
         "set -e; export DEBIAN_FRONTEND=noninteractive; "
@@ -654,7 +731,8 @@ def _create(host: Host) -> None:
     _configure(host)
     _save_record(host, {"name": host.name, "flavor": host.flavor.name,
                         "release": host.flavor.release, "address": host.address,
-                        "emulated": host.flavor.emulated})
+                        "emulated": host.flavor.emulated,
+                        "lowers": [str(path) for path in host.flavor.lowers]})
 
 
 def _configure(host: Host) -> None:
@@ -917,7 +995,7 @@ def _signal(pid: int, signum: int) -> None:
 
 def _mount(host: Host) -> None:
     if not _mounted(host.root):
-        lowers = ":".join(str(path) for path in host.flavor.lowers)
+        lowers = ":".join(str(path) for path in _lowers(host))
         _run("mount", "-t", "overlay", "overlay", "-o",
              f"lowerdir={lowers},upperdir={host.upper},workdir={host.work}", host.root)
 
