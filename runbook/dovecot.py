@@ -898,7 +898,9 @@ async def verify_listening(stage) -> Outcome:
         master, sockets = await facts.read(stage, _master(stage), profile.listeners())
         pid = master["pid"]
         ours = {(s.address, s.port) for s in sockets if s.port in ports and s.pid == pid}
-        good = pid is not None and (
+        strangers = [s for s in sockets if s.port in ports and s.pid != pid
+                     and s.process not in LOGIN_PROCESSES.values()]
+        good = pid is not None and not strangers and (
             {p for _, p in ours} == {p for _, p in expected} if named else ours == expected)
         if good or attempt == int(LISTEN_WAIT / 0.1) - 1:
             break
@@ -910,6 +912,11 @@ async def verify_listening(stage) -> Outcome:
         raise OperationFailed("Dovecot's master process is not running; see the mail log "
                               f"({profile.mail_log}) for why it stopped")
     evidence = "\n".join(f"{a}:{p} dovecot pid {pid}" for a, p in sorted(ours))
+    if strangers:
+        raise OperationFailed("other processes of this host also listen on Dovecot's ports: "
+                              + ", ".join(f"{s.process} pid {s.pid} on {s.address}:{s.port}"
+                                          for s in strangers)
+                              + " (on Debian, is dovecot.socket enabled?)")
     if not good:
         raise OperationFailed(
             f"Dovecot (master {pid}) listens on {_pairs(ours) or 'nothing'}, but the "
@@ -1262,6 +1269,32 @@ async def _plaintext_probe(stage, protocol: str, address: str, port: int,
                            transcript=client.transcript, via=f"direct from {used}",
                            purpose="plaintext login refused")
     return client.transcript, refused, verdict, used
+
+
+# --- 95-rollback (G23) ---------------------------------------------------------------------------
+
+@operation("G23 Dovecot stopped and off at boot (before the files go back)")
+async def stop_for_rollback(stage) -> Plan:
+    """Where the runbook set Dovecot up (its file is there): Dovecot stops, then no longer
+    starts at boot, before 95-rollback puts the edited files back (which removes the
+    runbook's Dovecot file). Otherwise Dovecot would, at its next start, listen with the
+    package's defaults: every address. The package and the certificate stay, as Postfix's
+    package does; a later run sets Dovecot up again from here."""
+    profile = _profile(stage)
+    text, master = await facts.read(stage, _conf(stage), _master(stage))
+    plan = Plan("Dovecot stopped")
+    if text is None:
+        plan.found = f"{profile.dovecot_conf} is not there: the runbook did not set Dovecot up"
+        return plan
+    plan.found = (f"master {master['pid']} runs" if master["pid"] else
+                  "Dovecot is not running")
+    if master["pid"]:
+        plan.steps.append(profile.dovecot_service("stop"))
+        plan.undo = [profile.dovecot_service("start")]
+    boot = await profile.dovecot_off_at_boot(stage)
+    plan.steps += boot.steps
+    plan.found += f"; {boot.skip or boot.found}"
+    return plan
 
 
 # --- what the stage reads, fetched in its first round trip --------------------------------------

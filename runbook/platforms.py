@@ -247,6 +247,10 @@ def dovecot_detached(command: str) -> str:
     return (f"o=$(mktemp) && ( {command} </dev/null >\"$o\" 2>&1; s=$?; cat \"$o\"; "
             "rm -f \"$o\"; exit $s )")
 
+    async def dovecot_off_at_boot(self, stage) -> Plan:
+        """G23 (95-rollback): Dovecot no longer starts at boot."""
+        raise self._no_dovecot()
+
 
 class DovecotOnOpenBSD:
     """Dovecot the OpenBSD way (G22), mixed into the OpenBSD profiles: the dovecot package
@@ -355,6 +359,12 @@ class DovecotOnOpenBSD:
              host.running.discard if action == "stop" else (lambda _name: None))("dovecot")
         return Run(dovecot_detached(command), effect=effect,
                    why=f"the package's rc.d script {action}s Dovecot")
+
+    async def dovecot_off_at_boot(self, stage) -> Plan:
+        return Plan("Dovecot off at boot", skip=(
+            f"pkg_scripts in {RC_CONF_LOCAL} goes back with the restored files"
+            + ("" if not self._dovecot_rcctl else
+               " (the copy kept before rcctl first rewrote it)")))
 
 
 class Debian(Profile):
@@ -706,6 +716,16 @@ class Debian(Profile):
              host.running.discard if action == "stop" else (lambda _name: None))("dovecot")
         return Run(dovecot_detached(f"systemctl {q(action)} dovecot"), effect=effect,
                    why=f"systemd {action}s Dovecot")
+
+    async def dovecot_off_at_boot(self, stage) -> Plan:
+        enabled = await facts.read_one(stage, self.dovecot_boot())
+        plan = Plan("Dovecot off at boot",
+                    found=f"dovecot.service is {'enabled' if enabled else 'not enabled'}")
+        if enabled:
+            plan.steps = [Run("systemctl disable dovecot", why="without the runbook's file it "
+                              "would start on every address at boot",
+                              effect=lambda host: host.enabled.discard("dovecot"))]
+        return plan
 
 
 def parse_dpkg_status(text: str) -> dict[str, bool]:

@@ -434,7 +434,7 @@ def test_verify_listening_wants_exactly_the_listen_addresses(monkeypatch):
     stage = stage_with()
     known(stage, master={"pid": 7, "stale": False}, listeners=[
         Listener("127.0.0.11", 143, "dovecot", 7), Listener("127.0.0.11", 993, "dovecot", 7),
-        Listener("127.0.0.12", 143, "dovecot", 99)])  # another lab host's Dovecot
+        Listener("127.0.0.11", 993, "imap-login", 9)])  # a login process shares the listener
     assert run(dv.verify_listening(stage)).status == "ok"
     wide = stage_with()
     known(wide, master={"pid": 7, "stale": False}, listeners=[
@@ -576,3 +576,30 @@ def test_disabled_dovecot_skips_every_step(monkeypatch):
                  dv.probe_plaintext_refused):
         assert run(step(stage)).status == "skipped", step.operation_name
     assert stage.commands == []
+
+
+def test_a_socket_of_another_process_on_dovecots_ports_fails(monkeypatch):
+    from runbook.facts import Listener
+
+    monkeypatch.setattr(dv, "LISTEN_WAIT", 0.1)
+    stage = stage_with()
+    known(stage, master={"pid": 7, "stale": False}, listeners=[
+        Listener("127.0.0.11", 143, "dovecot", 7), Listener("127.0.0.11", 993, "dovecot", 7),
+        Listener("127.0.0.11", 143, "imap-login", 8),  # a login process shares the listener
+        Listener("0.0.0.0", 993, "systemd", 1)])
+    with pytest.raises(OperationFailed, match=re.escape("systemd pid 1 on 0.0.0.0:993")):
+        run(dv.verify_listening(stage))
+
+
+def test_rollback_stops_dovecot_and_takes_it_off_at_boot_where_the_runbook_set_it_up(
+        monkeypatch):
+    install_files(monkeypatch)
+    stage = stage_with()
+    known(stage, conf="listen = 127.0.0.11\n", master={"pid": 7, "stale": False}, boot=True)
+    outcome = run(dv.stop_for_rollback(stage))
+    assert outcome.status == "changed"
+    assert "systemctl stop dovecot" in stage.commands[0]
+    assert stage.commands[1] == "systemctl disable dovecot"
+    untouched = stage_with()
+    known(untouched, conf=None, master={"pid": 7, "stale": False}, boot=True)
+    assert run(dv.stop_for_rollback(untouched)).status == "ok" and untouched.commands == []
