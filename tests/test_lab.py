@@ -22,7 +22,8 @@ from runbook.errors import LabError
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 FIELDS = {"name", "address", "port", "user", "key_file", "known_hosts", "params_file", "running",
-          "flavor", "release", "mail_user", "mail_password_file", "pid", "root"}
+          "flavor", "release", "emulated", "privilege", "mail_user", "mail_password_file", "pid",
+          "root"}
 
 
 async def _ssh(entry: dict, command: str, known_hosts: str | None = None) -> str:
@@ -139,7 +140,8 @@ def test_up_gives_a_host_reachable_with_strict_host_keys(deb1):
     assert deb1.keys() >= FIELDS
     expected = {
         "address": "127.0.0.11", "port": 22, "user": "root", "running": True,
-        "flavor": "debian", "release": "12", "mail_user": "mailtest",
+        "flavor": "debian", "release": "12", "emulated": False, "privilege": "none",
+        "mail_user": "mailtest",
         "key_file": "/var/lib/mail-runbook/lab/id_ed25519",
         "known_hosts": "/var/lib/mail-runbook/lab/hosts/deb1/known_hosts",
         "mail_password_file": "/var/lib/mail-runbook/lab/hosts/deb1/mail_password",
@@ -193,6 +195,8 @@ def test_params_file_is_valid_and_narrows_mynetworks(deb1):
     assert data["postfix"]["mynetworks"] == ["127.0.0.1/32", "127.0.0.11/32"]
     assert data["postfix"]["inet_interfaces"] == ["127.0.0.11"]
     assert data["postfix"]["extra_settings"]["default_transport"].startswith("error:")
+    assert data["dovecot"] == {"listen": ["127.0.0.11"],
+                               "test_password_file": deb1["mail_password_file"]}
     assert list(data["postfix"]) == [
         "mydomain", "myhostname", "myorigin", "mydestination", "mynetworks", "mynetworks_style",
         "inet_interfaces", "parent_domain_matches_subdomains", "aliases", "test_recipient",

@@ -24,6 +24,7 @@ from runbook.errors import LabError
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 MINE = {"5.0": "obsd28", "7.6": "obsd29"}  # the test module's own hosts
+RELEASES = tuple(MINE)
 SPOOL_LOG = "/var/spool/postfix/dev/log"
 
 MAILER_CONF_50 = [
@@ -139,6 +140,22 @@ def test_an_openbsd_host_needs_a_release_the_lab_imitates():
     for release in (None, "6.9"):
         with pytest.raises(LabError, match=r"imitates release 5.0 or 7.6.*--release 5.0"):
             lab.up(1, CHECKOUT, flavor="openbsd", release=release)
+
+
+def test_openbsd_hosts_share_one_name_range_and_keep_their_release(tmp_path, monkeypatch):
+    monkeypatch.setattr(lab, "HOSTS", tmp_path)
+    for name, release in (("obsd1", "5.0"), ("obsd3", "5.0"), ("obsd4", "7.6")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "host.json").write_text(f'{{"release": "{release}"}}')
+    (tmp_path / "obsd2").mkdir()  # a host dir left half-made: its name is free again
+    assert lab._host("obsd3").flavor == lab.OPENBSD_50
+    assert lab._host("obsd4").flavor == lab.OPENBSD_76
+    assert lab._host("obsd4").address == "127.0.0.44"
+    names = {r: [h.name for h in lab._wanted(lab._flavor("openbsd", r), 3)] for r in RELEASES}
+    assert names == {"5.0": ["obsd1", "obsd3", "obsd2"], "7.6": ["obsd4", "obsd2", "obsd5"]}
+    assert [h.name for h in lab._wanted(lab.DEBIAN, 2)] == ["deb1", "deb2"]
+    with pytest.raises(LabError, match="obsd1 … obsd29"):
+        lab._host("obsd30")
 
 
 def test_every_shim_says_it_is_an_emulation():
@@ -400,3 +417,30 @@ def test_a_reboot_honours_rc_conf_local(hosts, installed):
         log = root(entry, "grep 'to=<mailtest@' /var/log/maillog | tail -1")
         assert "relay=local" in log and "status=sent (delivered to mailbox)" in log
         assert "Subject: lab test" in root(entry, "cat /var/mail/mailtest")
+
+
+@pytest.mark.lab
+def test_pkg_add_dovecot_installs_held_with_its_rc_script_and_leaves_the_rest_to_the_runbook(
+        hosts):
+    for release, entry in hosts.items():
+        done = as_root(entry, "pkg_add dovecot")
+        name = done.stdout.split(": ok")[0].split()[-1]
+        assert name.startswith("dovecot-") and "+" not in name
+        lines = done.stdout.splitlines()
+        assert lines[1:3] == ["The following new rcscripts were installed: /etc/rc.d/dovecot",
+                              f"See {'rc.d(8)' if release == '5.0' else 'rcctl(8)'} for details."]
+        assert root(entry, "pgrep -x dovecot || echo none") == "none"
+        assert root(entry, "/etc/rc.d/dovecot check; echo $?") == "dovecot(failed)\n1"
+        assert sh(entry, "pkg_info -qe dovecot && echo yes") == "yes"
+        assert sh(entry, "grep -E '^ssl_(cert|key) ' /etc/dovecot/conf.d/10-ssl.conf") == (
+            "ssl_cert = </etc/ssl/dovecotcert.pem\nssl_key = </etc/ssl/private/dovecot.pem")
+        # what the package's readme asks for is the runbook's to do
+        assert root(entry, "ls /etc/ssl/dovecotcert.pem /etc/login.conf.d/dovecot "
+                           "2>/dev/null | wc -l") == "0"
+        if release == "7.6":
+            assert lines[3:5] == ["New and changed readme(s):",
+                                  "\t/usr/local/share/doc/pkg-readmes/dovecot"]
+            assert "login.conf.d/dovecot" in sh(entry, f"cat {lines[4].strip()}")
+        else:
+            assert len(lines) == 3
+            assert sh(entry, "test -d /etc/login.conf.d || echo none") == "none"
