@@ -45,16 +45,22 @@ stage = await begin("10-install", params, mode=mode, run_dir=run_dir, dry_run=dr
 #
 # The guide's `pkg_add` leaves a Postfix that could be started by hand. Here the package
 # manager installs it, together with what the later steps rely on when the host lacks it:
-# a system logger that writes the mail log (the guide reads it in G18; on OpenBSD syslogd
-# is part of the base system, on Debian rsyslog is installed here and gets its Postfix
-# socket in G5/G8 of the next stage) and a command-line mail reader (the guide's
-# `mail -u` in G19).
+# a system logger that writes the mail log (the guide reads it in G18) and a command-line
+# mail reader (the guide's `mail -u` in G19).
+#
+# **On OpenBSD** (5.0 as the guide has it, and 7.x) it is the guide's own step:
+# `pkg_add` of the package the parameters name (`platform.postfix_package`, a flavoured
+# name such as the guide's `postfix-2.8.7-mysql` allowed). The package leaves
+# `/etc/mailer.conf.postfix`, `/etc/postfix`, the spool and chroot under
+# `/var/spool/postfix` and `/etc/rc.d/postfix`, and starts nothing; syslogd and `mail(1)`
+# are part of the base system.
 #
 # **On Debian** the package would start Postfix straight away, listening on every address
 # with a configuration nobody has reviewed. So the install runs with a `policy-rc.d` that
 # refuses every service start, and removes it again afterwards, also when the install
 # fails (left behind, it would keep any service from ever starting on that host). The
-# package's questions are answered beforehand, so no dialog waits for a keyboard.
+# package's questions are answered beforehand, so no dialog waits for a keyboard. rsyslog
+# is installed here and gets its Postfix socket in G5/G8 of the next stage.
 
 # %%
 await pf.install(stage)
@@ -64,6 +70,8 @@ await pf.install(stage)
 #
 # The guide copies Postfix's HTML manual into a local web root. It is only done when the
 # parameters name a directory (`postfix.html_docs_dir`); otherwise this step is skipped.
+# **On OpenBSD** the guide's `mkdir -p` and `cp -R /usr/local/share/doc/postfix/html`;
+# **on Debian** the manual is in the postfix-doc package, installed first.
 
 # %%
 await pf.publish_docs(stage)

@@ -80,9 +80,11 @@ await pf.ensure_trusted_networks(stage)
 #
 # `alias_maps` and `alias_database` name the aliases file, the entries from the parameters
 # are written into it, and `postalias` rebuilds the database Postfix reads — only when the
-# file changed or the database is missing or older than the file. (The guide moves the
-# aliases into Postfix's own directory; **on Debian** the usual `/etc/aliases` is kept
-# unless the parameters say otherwise.)
+# file changed or the database is missing or older than the file. **On OpenBSD 5.0** the
+# guide moves the aliases into Postfix's own `/etc/postfix/aliases`; **on OpenBSD 7.x** the
+# platform's usual `/etc/mail/aliases` and **on Debian** `/etc/aliases` are kept, unless
+# the parameters name another table. (Postfix's commands are in `/usr/local/sbin` on
+# OpenBSD, `/usr/sbin` on Debian.)
 
 # %%
 await pf.ensure_aliases(stage)

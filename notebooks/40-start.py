@@ -43,7 +43,9 @@ stage = await begin("40-start", params, mode=mode, run_dir=run_dir, dry_run=dry_
 # ## G14 · `postfix check`: no complaints
 #
 # Postfix checks its own files: ownership, permissions, missing directories. Any complaint
-# stops the stage (and undoes this run's edits).
+# stops the stage (and undoes this run's edits). Its warnings go through syslog and reach a
+# terminal only: **on OpenBSD** the lines the check adds to `/var/log/maillog` are shown,
+# **on Debian** it runs with a terminal (`script`).
 
 # %%
 await pf.check_postfix(stage)
@@ -61,10 +63,12 @@ await pf.review_settings(stage)
 # %% [markdown]
 # ## G13 · The previous mail server is stopped
 #
-# Only now, with a configuration that passed both checks. (The guide kills sendmail
-# through its pid file; **on Debian** its systemd service is stopped. A host without
-# another mail server has nothing to stop.) If Postfix then fails to take over, the old
-# server is started again.
+# Only now, with a configuration that passed both checks (the guide stops sendmail first).
+# **On OpenBSD 5.0** sendmail is stopped through its pid file `/var/run/sendmail.pid`, as
+# the guide does, but with TERM rather than KILL, and waited for. **On OpenBSD 7.x**
+# `rcctl stop smtpd`. **On Debian** the previous MTA's systemd service is stopped. A host
+# without another mail server has nothing to stop. If Postfix then fails to take over, the
+# old server is started again.
 
 # %%
 await pf.stop_previous_mta(stage)
@@ -73,7 +77,8 @@ await pf.stop_previous_mta(stage)
 # ## G16 · Postfix starts
 #
 # Started if it is not running, reloaded if its configuration changed since it last read
-# it, left alone otherwise.
+# it, left alone otherwise. **On OpenBSD 5.0** through the package's `/etc/rc.d/postfix`
+# (the guide's second way), **on 7.x** `rcctl start postfix`, **on Debian** systemctl.
 
 # %%
 await pf.start_postfix(stage)

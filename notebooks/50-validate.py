@@ -50,7 +50,8 @@ await pf.send_test_message(stage)
 # ## G18 · The mail log follows the queue id
 #
 # Waiting (at most 30 seconds) for the log to show that queue id delivered: the client,
-# the sender, the recipient with `relay=local` and `status=sent`, then `removed`.
+# the sender, the recipient with `relay=local` and `status=sent`, then `removed`. The log
+# is `/var/log/maillog` **on OpenBSD**, `/var/log/mail.log` **on Debian**.
 
 # %%
 await pf.follow_mail_log(stage)

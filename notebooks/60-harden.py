@@ -39,9 +39,11 @@ stage = await begin("60-harden", params, mode=mode, run_dir=run_dir, dry_run=dry
 # %% [markdown]
 # ## G20 · The chroot's copies of system files
 #
-# `resolv.conf` (and, on Debian, the few other files its start script copies) inside
-# Postfix's queue directory must match the originals in `/etc`; stale copies are
-# replaced.
+# `resolv.conf` and the other files Postfix's chroot needs must match the originals in
+# `/etc`; stale copies are replaced. **On OpenBSD** the package's postfix-install copied
+# `hosts`, `localtime`, `resolv.conf` and `services` into `/var/spool/postfix/etc` at
+# install, so on a fresh host they are current and the guide's `cp` is not needed; they
+# are compared every run. **On Debian** Postfix's start script copies its own few files.
 
 # %%
 await pf.ensure_chroot_files(stage)

@@ -64,7 +64,7 @@ await pf.show_queue(stage)
 # ## The end of the mail log
 #
 # Each message's trail (client, from, to, relay, status) and Postfix's warnings and
-# fatal errors.
+# fatal errors (`/var/log/maillog` on OpenBSD, `/var/log/mail.log` on Debian).
 
 # %%
 await pf.show_mail_log(stage)
@@ -82,7 +82,8 @@ await pf.show_dns(stage)
 # %% [markdown]
 # ## Who listens on the mail ports
 #
-# Ports 25, 465, 587, 143 and 993 with the process owning each socket.
+# Ports 25, 465, 587, 143 and 993 with the process owning each socket (`fstat` on
+# OpenBSD, `ss` on Debian).
 
 # %%
 await pf.show_listeners(stage)

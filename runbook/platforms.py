@@ -160,6 +160,10 @@ class Profile:
         """The platform's facts a stage's operations will read (fetched together)."""
         return []
 
+    def docs_facts(self, directory: str | None) -> list[Fact]:
+        """What G2 reads about the web root `directory` (prefetched with the install stage)."""
+        return [facts.exists(f"{directory}/index.html")] if directory else []
+
     # --- a fresh host, imagined for `runbook plan` (runbook/stock/<stock>/) ---------------
     def fresh_host(self, params) -> facts.FreshHost:
         """The host before the runbook's first run: the base system's stock files."""
@@ -239,6 +243,10 @@ class Profile:
         """start, stop or reload Dovecot the platform's way (stdio detached)."""
         raise self._no_dovecot()
 
+    async def dovecot_off_at_boot(self, stage) -> Plan:
+        """G23 (95-rollback): Dovecot no longer starts at boot."""
+        raise self._no_dovecot()
+
 
 def dovecot_detached(command: str) -> str:
     """`command` with its stdio off the SSH channel: a daemon started over SSH that keeps
@@ -246,10 +254,6 @@ def dovecot_detached(command: str) -> str:
     afterwards from a file, and its exit status kept."""
     return (f"o=$(mktemp) && ( {command} </dev/null >\"$o\" 2>&1; s=$?; cat \"$o\"; "
             "rm -f \"$o\"; exit $s )")
-
-    async def dovecot_off_at_boot(self, stage) -> Plan:
-        """G23 (95-rollback): Dovecot no longer starts at boot."""
-        raise self._no_dovecot()
 
 
 class DovecotOnOpenBSD:
@@ -866,7 +870,7 @@ class OpenBSD(DovecotOnOpenBSD, Profile):
         # warnings reach the mail log. So the lines the check added to the log are shown.
         log = q(self.mail_log)
         return (f"n=$(wc -l < {log} 2>/dev/null || echo 0); {q(self.postfix)} check; s=$?; "
-                f"sleep 0.3; tail -n +$((n + 1)) {log} 2>/dev/null | "
+                f"sleep 0.2; tail -n +$((n + 1)) {log} 2>/dev/null | "
                 "grep -E 'postfix[^ ]*: (warning|error|fatal|panic):'; exit $s")
 
     # --- G1, G2 ----------------------------------------------------------------------------
@@ -892,13 +896,17 @@ class OpenBSD(DovecotOnOpenBSD, Profile):
         host.add("/etc/rc.d/postfix")
         host.add(f"{POSTFIX_DOCS}/index.html")
 
+    def docs_facts(self, directory: str | None) -> list[Fact]:
+        if not directory:
+            return []
+        return [facts.exists(f"{directory}/index.html"), facts.exists(directory, "-d")]
+
     async def publish_docs(self, stage, directory: str | None) -> Plan:
         plan = Plan("publish Postfix's HTML documentation")
         if not directory:
             plan.skip = "optional, and no postfix.html_docs_dir given"
             return plan
-        present, exists = await facts.read(
-            stage, facts.exists(f"{directory}/index.html"), facts.exists(directory, "-d"))
+        present, exists = await facts.read(stage, *self.docs_facts(directory))
         if present:
             plan.found = f"{directory}/index.html exists"
             return plan

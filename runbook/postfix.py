@@ -830,7 +830,7 @@ async def show_check(stage) -> Outcome:
 # --- what each stage will read, fetched in its first round trip ---------------------------------
 
 _STAGE_FACTS = {
-    "10-install": lambda stage: [],
+    "10-install": lambda stage: _profile(stage).docs_facts(_docs_dir(stage)),
     "20-enable": lambda stage: [_profile(stage).queue_runner_crontab()],
     "30-configure": lambda stage: [_postconf_n(stage), _main_cf(stage), *_alias_facts(stage)],
     "40-start": lambda stage: [_postconf_n(stage), _pid(stage), _stale(stage), _effective(stage)],
