@@ -6,7 +6,10 @@ the steps that are the same everywhere live in `postfix.py` and only read the pr
 paths. A new platform (OpenBSD 5.0 as the guide has it, OpenBSD 7.x with rcctl) is a new
 subclass registered in `FAMILIES`, with the same methods.
 
-Debian 12 is here now. Its departures from the guide's OpenBSD, step by step:
+Here: Debian 12, and OpenBSD in two eras (`OpenBSDRcConf`: 5.0 as the guide has it, up to
+5.6; `OpenBSDRcctl`: 5.7 and later), described where their classes begin. Each profile also
+describes a fresh host (`fresh_host`, runbook/stock/) for `runbook plan`, and the way back
+(G23, stage 95-rollback). Debian's departures from the guide's OpenBSD, step by step:
 
 - G1: `apt-get install` instead of `pkg_add`, with debconf answers preseeded and a
   `policy-rc.d` that keeps every service stopped until the configuration is ours;
