@@ -89,6 +89,10 @@ class Keep:
     def describe(self) -> str:
         return f"keep a copy of {self.path}" + (f"    # {self.why}" if self.why else "")
 
+    def diff(self) -> str:
+        """Shown where a Write's diff would be: the file itself does not change here."""
+        return "(unchanged: a copy is kept in the run's backups and the baseline)\n"
+
 
 @dataclass(frozen=True)
 class Write:
