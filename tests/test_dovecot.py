@@ -603,3 +603,41 @@ def test_rollback_stops_dovecot_and_takes_it_off_at_boot_where_the_runbook_set_i
     untouched = stage_with()
     known(untouched, conf=None, master={"pid": 7, "stale": False}, boot=True)
     assert run(dv.stop_for_rollback(untouched)).status == "ok" and untouched.commands == []
+
+
+# --- the plan without connecting (`runbook plan`) -------------------------------------------
+
+def dovecot_plan(example: str) -> str:
+    from pathlib import Path
+
+    from runbook import plan
+
+    source = Path(__file__).resolve().parent.parent / "params" / f"{example}.yaml"
+    loaded = params.load(source)
+    text = plan.render(plan.make(loaded), loaded, str(source))
+    return text[text.index("== 70-dovecot"):]
+
+
+def test_the_openbsd_7_plan_shows_the_login_class_and_rcctl():
+    text = dovecot_plan("example-openbsd-7")
+    assert "$ pkg_add dovecot" in text
+    assert "edit /etc/login.conf.d/dovecot" in text and "+\t:openfiles-max=2048:\\" in text
+    assert "keep a copy of /etc/rc.conf.local" in text and "$ rcctl enable dovecot" in text
+    assert "+pkg_scripts=postfix dovecot" in text
+    assert "rcctl start dovecot </dev/null" in text
+    assert text.index("login.conf.d/dovecot") < text.index("rcctl enable dovecot") \
+        < text.index("rcctl start dovecot") < text.index("IMAP login over TLS")
+
+
+def test_the_openbsd_5_0_plan_uses_pkg_scripts_and_the_rc_d_script():
+    text = dovecot_plan("example-openbsd")
+    assert "the dovecot package of OpenBSD 5.0 asks for no login class" in text
+    assert '+pkg_scripts="postfix dovecot"' in text
+    assert "/etc/rc.d/dovecot start </dev/null" in text and "rcctl" not in text
+
+
+def test_the_debian_plan_holds_services_and_enables_dovecot_once_configured():
+    text = dovecot_plan("example-debian")
+    assert "dovecot-imapd" in text and "exit 101" in text
+    assert text.index("systemctl disable dovecot") < text.index("99-mail-runbook.conf") \
+        < text.index("systemctl enable dovecot") < text.index("systemctl start dovecot")
