@@ -62,11 +62,17 @@ await dv.check_delivery(stage)
 # %% [markdown]
 # ## Install the IMAP server
 #
-# Debian: `dovecot-imapd`, plus `dovecot-pop3d` when `dovecot.pop3` is set. As with
+# **On Debian** `dovecot-imapd`, plus `dovecot-pop3d` when `dovecot.pop3` is set. As with
 # Postfix, no service may start while the packages install: Dovecot would otherwise listen
-# on every address before its configuration is ours. OpenBSD: `pkg_add dovecot`.
-# On modern releases, the package's README asks for a login class for its processes
-# (`/etc/login.conf.d/dovecot`).
+# on every address before its configuration is ours. The package also enables Dovecot at
+# boot, so on a first install it is disabled again until the boot step below. **On
+# OpenBSD** (both eras) `pkg_add dovecot`: one package serves IMAP and POP3, and it starts
+# nothing.
+#
+# **On OpenBSD 7.x** the package's README asks for a login class for Dovecot's processes
+# (more open files). The class goes in `/etc/login.conf.d/dovecot`, and an existing one is
+# kept. **On OpenBSD 5.0** the package asked for no login class, and **on Debian** there are
+# none, so the step is skipped there.
 
 # %%
 await dv.install(stage)
@@ -79,9 +85,12 @@ await dv.ensure_login_class(stage)
 #
 # The certificate and key named by `dovecot.ssl_cert_file` and `dovecot.ssl_key_file` must
 # be on the host and belong together. Without them, the stage makes a self-signed
-# certificate for `postfix.myhostname` once and keeps it; later runs reuse it. Mail clients
-# will ask the user to accept it. This stage's own checks pin exactly that certificate:
-# they trust no other, and they do not skip verification.
+# certificate for `postfix.myhostname` once and keeps it; later runs reuse it. **On
+# OpenBSD** it goes where the package's `10-ssl.conf` and `dovecot-mkcert.sh` put it:
+# `/etc/ssl/dovecotcert.pem`, with the key in `/etc/ssl/private/dovecot.pem`. **On
+# Debian** it goes in `/etc/dovecot/private/mail-runbook.pem` and `.key`. Mail clients will
+# ask the user to accept it. This stage's own checks pin exactly that certificate: they
+# trust no other, and they do not skip verification.
 
 # %%
 await dv.ensure_certificate(stage)
@@ -89,11 +98,14 @@ await dv.ensure_certificate(stage)
 # %% [markdown]
 # ## The configuration: one file
 #
-# `conf.d/99-mail-runbook.conf` is read after the package's files, so its settings win:
+# `/etc/dovecot/conf.d/99-mail-runbook.conf` is read after the package's files, so its
+# settings win (on every platform: the OpenBSD package keeps the same layout):
 #
 # - `protocols`: IMAP, plus POP3 when asked;
 # - `listen`: the parameters' addresses; by default, Postfix's `inet_interfaces`;
-# - `mail_location`: the mailboxes Postfix delivers to;
+# - `mail_location`: the mailboxes Postfix delivers to (and, **on Debian**,
+#   `mail_privileged_group = mail` so that Dovecot may lock files in the group-`mail`
+#   spool);
 # - `ssl = required` and `disable_plaintext_auth = yes`: passwords travel only inside TLS.
 #
 # A dry run shows the file's diff here and changes nothing.
@@ -113,7 +125,13 @@ await dv.check_config(stage)
 # %% [markdown]
 # ## Enabled at boot, started
 #
-# Dovecot is started if it is not running. If it is running but its configuration or
+# **On Debian** `systemctl enable dovecot`. **On OpenBSD 7.x** `rcctl enable dovecot`, which
+# adds it to `pkg_scripts`; rcctl rewrites the whole file, so a copy of it is kept first.
+# **On OpenBSD 5.0** `dovecot` is added to `pkg_scripts` in `/etc/rc.conf.local`, after
+# postfix, as the guide does for postfix.
+#
+# Dovecot is then started the same way (`systemctl start`, `rcctl start`,
+# `/etc/rc.d/dovecot start`) if it is not running. If it is running but its configuration or
 # certificate changed since it read them, it is reloaded. Over SSH, the start command's
 # output goes to a file that is shown afterwards, because a daemon holding the session's
 # output would keep the command from ever returning. Then the listening sockets of
