@@ -259,6 +259,11 @@ def test_the_base_mta_and_syslogd_run_from_boot(hosts):
         pid = root(entry, "cat /var/run/syslog.pid")
         assert sh(entry, f"ps -o args= -p {pid}") == "syslogd: [priv]"
         assert root(entry, "test -S /dev/log && echo socket") == "socket"
+    # stopped the guide's way (G13) and today's, they are gone
+    root(old, "kill -KILL $(head -1 /var/run/sendmail.pid)")
+    assert root(new, "rcctl stop smtpd") == "smtpd(ok)"
+    for entry, title in ((old, "^sendmail: accepting"), (new, "^/usr/sbin/smtpd$")):
+        assert root(entry, f"sleep 0.2; pgrep -f '{title}' || echo gone") == "gone"
 
 
 @pytest.mark.lab
