@@ -617,8 +617,8 @@ def _ensure_layer(kind: Flavor, lock: int) -> None:
         return
     partial = kind.layer.with_name(kind.layer.name + ".partial")
     log = kind.layer.with_name(kind.layer.name + ".log")
-    _say(f"lab: building the {kind.name} {kind.release} emulation layer once (about half a "
-         f"minute); log: {log}")
+    _say(f"lab: building the {kind.name} {kind.release} emulation layer once (a few "
+         f"seconds); log: {log}")
     _remove_tree(partial)
     upper, work, root = partial / "upper", partial / "work", partial / "root"
     for path in (upper, work, root):
@@ -701,7 +701,7 @@ def _emulate(kind: Flavor, root: Path) -> None:
                       "var/empty", "etc/login.conf.d"):
         (root / directory).mkdir(parents=True, exist_ok=True)
     if kind.release == "5.0":
-        (root / "etc/login.conf.d").rmdir()  # login.conf.d came with OpenBSD 6.7
+        (root / "etc/login.conf.d").rmdir()  # a later release's (README-server, 2022)
     # OpenBSD has no /etc/os-release; nspawn still finds /usr/lib/os-release
     (root / "etc/os-release").unlink(missing_ok=True)
     _mask(root, EMULATION_MASKED_UNITS)
