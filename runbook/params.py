@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    model_validator,
 )
 
 from .errors import ParamsError
@@ -341,6 +342,13 @@ class Dovecot(Section):
     test_password_file: LocalPath | None = Field(
         None, description="File on this machine holding the test recipient's password."
     )
+
+    @model_validator(mode="after")
+    def _certificate_and_key(self):
+        if bool(self.ssl_cert_file) != bool(self.ssl_key_file):
+            raise ValueError("ssl_cert_file and ssl_key_file go together: give both, or "
+                             "neither for a self-signed certificate made on the host")
+        return self
 
 
 class Params(Section):
