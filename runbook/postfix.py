@@ -46,6 +46,8 @@ ALIASES = ("alias_maps", "alias_database")  # G11
 PARENT = ("parent_domain_matches_subdomains",)  # G12
 DB_SUFFIX = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb", "dbm": ".pag"}
 LOG_WAIT = 30.0  # seconds the log may take to show the test message delivered
+BASELINE = f"{files.BACKUP_ROOT}/{files.BASELINE}"  # each edited file before its first edit
+CRONTAB_LISTING = "crontab-l.root"  # in BASELINE: `crontab -l` before G7's first edit
 
 
 # --- what is wanted (pure) -------------------------------------------------------------------
@@ -245,8 +247,13 @@ async def ensure_queue_runner_commented(stage) -> Plan:
                       else "no queue runner of another mail server in root's crontab")
         return plan
     plan.found = "active: " + "; ".join(lines)
-    plan.steps = [Write(profile.crontab_file, text, comment_out(text, profile.queue_runner),
-                        why="commented, not deleted: going back stays a one-character edit")]
+    plan.steps = [
+        Run(f"B={q(BASELINE)}; [ -e \"$B/{CRONTAB_LISTING}\" ] || {{ umask 077; mkdir -p \"$B\" "
+            f"&& crontab -u root -l > \"$B/{CRONTAB_LISTING}\"; }}",
+            why="root's crontab as `crontab -l` prints it before the first edit, to compare "
+                "with after going back"),
+        Write(profile.crontab_file, text, comment_out(text, profile.queue_runner),
+              why="commented, not deleted: going back stays a one-character edit")]
     return plan
 
 
@@ -843,7 +850,6 @@ for _name, _generic in _STAGE_FACTS.items():
 
 # --- 95-rollback (G23): going back to the mail server the host had ----------------------------
 
-BASELINE = f"{files.BACKUP_ROOT}/{files.BASELINE}"
 
 
 def _baseline(stage) -> Fact:
@@ -926,13 +932,10 @@ async def previous_mta_back(stage) -> Plan:
 
 
 def _crontab_check(stage) -> str:
-    """`crontab -l` against the copy of root's crontab kept before its first edit."""
-    profile = _profile(stage)
-    return (f"B={q(BASELINE)}; n=$(awk -F'\\t' '$1 == \"{profile.crontab_file}\" {{print $3}}' "
-            "\"$B/MANIFEST\" 2>/dev/null); [ -n \"$n\" ] || exit 0; "
-            "if [ \"$n\" = - ]; then crontab -u root -l >/dev/null 2>&1 && echo differs || "
-            "echo same; elif crontab -u root -l 2>/dev/null | cmp -s - \"$B/$n\"; then echo same; "
-            "else echo differs; fi")
+    """`crontab -l` now against what it printed before G7's first edit (kept then)."""
+    return (f"B={q(BASELINE)}; [ -e \"$B/{CRONTAB_LISTING}\" ] || exit 0; "
+            f"if crontab -u root -l 2>/dev/null | cmp -s - \"$B/{CRONTAB_LISTING}\"; "
+            "then echo same; else echo differs; fi")
 
 
 @operation("G23 every edited file byte for byte as before the first run",

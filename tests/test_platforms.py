@@ -266,7 +266,8 @@ def test_queue_runner_commented_as_the_guide_shows(monkeypatch):
     install_files(monkeypatch)
     crontab = (platforms.STOCK / "openbsd-5.0/base/var/cron/tabs/root").read_text()
     stage = openbsd({"file /var/cron/tabs/root": crontab})
-    (write,) = run(postfix.ensure_queue_runner_commented.__wrapped__(stage)).steps
+    capture, write = run(postfix.ensure_queue_runner_commented.__wrapped__(stage)).steps
+    assert "crontab -u root -l >" in capture.command  # as `crontab -l` prints it, kept
     assert "#*/30\t*\t*\t*\t*\t/usr/sbin/sendmail -L sm-msp-queue -Ac -q\n" in write.new
     assert write.new.count("\n") == crontab.count("\n")
 
