@@ -36,6 +36,7 @@ run_dir = ""
 dry_run = False
 
 # %%
+from runbook import dovecot as dv
 from runbook import postfix as pf
 from runbook.stage import begin, end, validate
 
@@ -70,6 +71,17 @@ await pf.stop_postfix_for_rollback(stage)
 
 # %%
 await pf.postfix_off_at_boot(stage)
+
+# %% [markdown]
+# ## Dovecot stops too (where the runbook set it up, G22)
+#
+# Before the files go back: putting them back removes the runbook's Dovecot file, and a
+# Dovecot started later would listen with its package's defaults, on every address. So it
+# stops and no longer starts at boot; the package stays, as Postfix's does. Nothing to do
+# where the runbook never set Dovecot up.
+
+# %%
+await dv.stop_for_rollback(stage)
 
 # %% [markdown]
 # ## G23 · The previous `mailer.conf`
