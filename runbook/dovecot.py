@@ -133,10 +133,7 @@ class Certificate:
 
 def certificate(params, profile) -> Certificate:
     d = params.dovecot
-    if d.ssl_cert_file or d.ssl_key_file:
-        if not (d.ssl_cert_file and d.ssl_key_file):
-            raise OperationFailed("dovecot.ssl_cert_file and dovecot.ssl_key_file go together: "
-                                  "give both (or neither, for a generated self-signed one)")
+    if d.ssl_cert_file:  # the model makes sure the key comes with it
         return Certificate(str(d.ssl_cert_file), str(d.ssl_key_file), False)
     return Certificate(profile.dovecot_cert, profile.dovecot_key, True)
 

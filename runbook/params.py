@@ -29,7 +29,7 @@ from .errors import ParamsError
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _REFERENCE = re.compile(r"\$(?:\{(myhostname|mydomain)\}|(myhostname|mydomain))")
 _USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
-_PACKAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+_PACKAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+%-]{0,127}")  # % : postfix--%stable
 _SETTING = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _MAP = re.compile(r"(hash|btree|lmdb|cdb|dbm|texthash):(/[A-Za-z0-9._/-]+)")
 _RELEASE = re.compile(r"\d{1,3}(?:\.\d{1,3}){0,2}")
@@ -259,6 +259,11 @@ class Platform(Section):
         None,
         pattern=_PACKAGE.pattern,
         description="OpenBSD package to pkg_add, flavour allowed (e.g. postfix-2.8.7-mysql).",
+    )
+    pkg_path: str | None = Field(
+        None,
+        pattern=r"(https?|ftp|file)://[A-Za-z0-9._~:/%+-]+|/[A-Za-z0-9._/-]+",
+        description="OpenBSD: PKG_PATH for pkg_add (releases before installurl, e.g. 5.0).",
     )
 
 

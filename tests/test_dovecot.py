@@ -20,6 +20,7 @@ from stagefakes import PARAMS, Stage, install_files
 
 from runbook import dovecot as dv
 from runbook import facts, params
+from runbook.errors import ParamsError
 from runbook.operations import OperationFailed, Run
 
 DEBIAN_DELIVERY = {"home_mailbox": "", "mail_spool_directory": "/var/mail",
@@ -103,10 +104,9 @@ def test_maildir_and_pop3_and_a_given_certificate():
     assert settings.values()["protocols"] == "imap pop3"
 
 
-def test_half_a_certificate_is_refused():
-    stage = stage_with(dovecot={"ssl_cert_file": "/etc/ssl/mail.pem"})
-    with pytest.raises(OperationFailed, match="go together"):
-        dv.certificate(stage.params, stage.platform)
+def test_half_a_certificate_is_refused_before_any_connection():
+    with pytest.raises(ParamsError, match="go together"):
+        stage_with(dovecot={"ssl_cert_file": "/etc/ssl/mail.pem"})
 
 
 def test_delivery_must_match_the_mailbox_format():
