@@ -305,8 +305,7 @@ class DovecotOnOpenBSD:
                     else "no dovecot package")
         if installed["imap"]:
             return plan
-        pkg_path = getattr(stage.params.platform, "pkg_path", None)
-        env = f"PKG_PATH={q(str(pkg_path))} " if pkg_path else ""
+        env = _pkg_env(stage)
 
         def effect(host) -> None:
             host.packages.add("dovecot")
@@ -883,8 +882,7 @@ class OpenBSD(DovecotOnOpenBSD, Profile):
         if installed:
             return plan
         package = stage.params.platform.postfix_package or "postfix"
-        pkg_path = getattr(stage.params.platform, "pkg_path", None)
-        env = f"PKG_PATH={q(str(pkg_path))} " if pkg_path else ""
+        env = _pkg_env(stage)
         plan.steps = [Run(
             f"{env}pkg_add {q(package)}", timeout=900,
             why="the package leaves /etc/mailer.conf.postfix, the spool and chroot under "
@@ -1335,3 +1333,9 @@ async def detect(stage) -> Profile:
         return choose(family, release, wanted.name, wanted.release)
     except UnsupportedPlatform as e:
         raise UnsupportedPlatform(f"{stage.target.host}: {e}") from None
+
+
+def _pkg_env(stage) -> str:
+    """PKG_PATH for pkg_add when the params give one (the guide's era had no installurl)."""
+    pkg_path = stage.params.platform.pkg_path
+    return f"PKG_PATH={q(pkg_path)} " if pkg_path else ""
