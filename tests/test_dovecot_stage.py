@@ -27,11 +27,13 @@ import time
 import uuid
 from pathlib import Path
 
+import labrun
 import pytest
 import yaml
+from labrun import audit, module_host, ssh
 
 from runbook import dovecot as dv
-from runbook import lab, runner
+from runbook import lab
 
 pytestmark = pytest.mark.lab
 
@@ -43,14 +45,7 @@ TIMINGS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def host(request) -> dict:
-    """The module's fresh lab host, or (RUNBOOK_TEST_HOST=deb6) a host of one's own, reset."""
-    name = os.environ.get("RUNBOOK_TEST_HOST")
-    if not name:
-        return request.getfixturevalue("lab_host")
-    try:
-        return lab.reset(name)
-    except Exception as e:
-        pytest.fail(f"the lab could not reset {name}: {e}")
+    return module_host(request)
 
 
 @pytest.fixture(scope="module")
@@ -63,39 +58,8 @@ def params(host, tmp_path_factory) -> dict:
     return data
 
 
-def ssh(host: dict, command: str, *, check: bool = True) -> str:
-    result = subprocess.run(
-        ["ssh", "-i", host["key_file"], "-o", f"UserKnownHostsFile={host['known_hosts']}",
-         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-         f"root@{host['address']}", command],
-        capture_output=True, text=True, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{command!r} on {host['name']} exited {result.returncode}: "
-                             f"{result.stderr}")
-    return result.stdout
-
-
-def run(tmp: Path, params: dict, names=DEFAULT, *, dry_run=False,
-        expect_failure: bool = False) -> Path:
-    params_file = tmp / f"params-{uuid.uuid4().hex[:6]}.yaml"
-    params_file.write_text(yaml.safe_dump(params))
-    started = time.monotonic()
-    try:
-        run_dir = runner.run(params_file, stages=list(names), dry_run=dry_run,
-                             runs_root=tmp / "runs", echo=lambda *a, **k: print(*a))
-    except runner.StageFailed:
-        if not expect_failure:
-            raise
-        return max((tmp / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
-    finally:
-        label = f"{len(TIMINGS) + 1}. {'dry run ' if dry_run else ''}{names[0]}..{names[-1]}"
-        TIMINGS[label] = time.monotonic() - started
-    assert not expect_failure, "the run was expected to fail"
-    return run_dir
-
-
-def audit(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
+def run(tmp: Path, params: dict, names=DEFAULT, **kwargs) -> Path:
+    return labrun.run(tmp, params, names, timings=TIMINGS, **kwargs)
 
 
 def operations(run_dir: Path, status: str | None = None, stage: str = "70-dovecot"):

@@ -10,17 +10,17 @@ They need root and the lab; they fail (never skip) when the lab cannot start.
 from __future__ import annotations
 
 import json
-import os
 import smtplib
-import subprocess
 import time
 import uuid
 from pathlib import Path
 
+import labrun
 import pytest
 import yaml
+from labrun import audit, module_host, operations, ssh
 
-from runbook import lab, runner
+from runbook import lab
 
 pytestmark = pytest.mark.lab
 
@@ -30,56 +30,11 @@ TIMINGS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def host(request) -> dict:
-    """The shared fresh lab host, or (RUNBOOK_TEST_HOST=deb4) a host of one's own, reset."""
-    name = os.environ.get("RUNBOOK_TEST_HOST")
-    if not name:
-        return request.getfixturevalue("lab_host")
-    try:
-        return lab.reset(name)
-    except Exception as e:
-        pytest.fail(f"the lab could not reset {name}: {e}")
+    return module_host(request)
 
 
-def ssh(host: dict, command: str, *, check: bool = True) -> str:
-    result = subprocess.run(
-        ["ssh", "-i", host["key_file"], "-o", f"UserKnownHostsFile={host['known_hosts']}",
-         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-         f"root@{host['address']}", command],
-        capture_output=True, text=True, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{command!r} on {host['name']} exited {result.returncode}: "
-                             f"{result.stderr}")
-    return result.stdout
-
-
-def run(host: dict, tmp: Path, names=DEFAULT, *, dry_run=False, params: dict | None = None,
-        expect_failure: bool = False) -> Path:
-    params_file = Path(host["params_file"])
-    if params is not None:
-        params_file = tmp / f"params-{uuid.uuid4().hex[:6]}.yaml"
-        params_file.write_text(yaml.safe_dump(params))
-    started = time.monotonic()
-    try:
-        run_dir = runner.run(params_file, stages=list(names), dry_run=dry_run,
-                             runs_root=tmp / "runs", echo=lambda *a, **k: print(*a))
-    except runner.StageFailed:
-        if not expect_failure:
-            raise
-        return max((tmp / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
-    finally:
-        label = f"{len(TIMINGS) + 1}. {'dry run ' if dry_run else ''}{names[0]}..{names[-1]}"
-        TIMINGS[label] = time.monotonic() - started
-    assert not expect_failure, "the run was expected to fail"
-    return run_dir
-
-
-def audit(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
-
-
-def operations(run_dir: Path, status: str | None = None) -> list[dict]:
-    return [r for r in audit(run_dir) if r["type"] == "operation"
-            and (status is None or r["status"] == status)]
+def run(host: dict, tmp: Path, names=DEFAULT, *, params: dict | None = None, **kwargs) -> Path:
+    return labrun.run(tmp, params or host["params_file"], names, timings=TIMINGS, **kwargs)
 
 
 def params_of(host: dict) -> dict:

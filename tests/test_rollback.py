@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import yaml
+from labrun import operations, ssh
 
 from runbook import lab, params, plan, runner
 from runbook.operations import Keep, Write
@@ -55,33 +54,12 @@ def fresh_host(flavor: str) -> dict:
         pytest.fail(f"the lab could not give a fresh {flavor} host: {e}")
 
 
-def ssh(host: dict, command: str, *, check: bool = True) -> str:
-    settings = yaml.safe_load(Path(host["params_file"]).read_text())["target"]
-    if settings.get("privilege", "none") != "none":
-        command = f"{settings['privilege']} sh -c {shlex.quote(command)}"
-    result = subprocess.run(
-        ["ssh", "-i", host["key_file"], "-o", f"UserKnownHostsFile={host['known_hosts']}",
-         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-         f"{settings['user']}@{host['address']}", command],
-        capture_output=True, text=True, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{command!r} on {host['name']} exited {result.returncode}: "
-                             f"{result.stderr}")
-    return result.stdout
-
-
 def run(host: dict, tmp: Path, stages: list[str], label: str) -> Path:
     started = time.monotonic()
     run_dir = runner.run(host["params_file"], stages=stages, runs_root=tmp / "runs",
                          echo=lambda *a, **k: None)
     TIMINGS[f"{host['name']} {label}"] = round(time.monotonic() - started, 2)
     return run_dir
-
-
-def operations(run_dir: Path, status: str | None = None) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
-    return [r for r in records if r["type"] == "operation"
-            and (status is None or r["status"] == status)]
 
 
 def edited_paths(host: dict) -> list[str]:
