@@ -26,6 +26,7 @@ crontab line commented out) are at the end: plain functions of text, tested with
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
@@ -338,21 +339,23 @@ def operation(name: str, *, undo_run_on_failure: bool = False,
         async def run(stage, *args, **kwargs) -> Outcome:
             if getattr(stage, "offline", False):
                 return await _plan_offline(stage, name, fn, offline, args, kwargs)
-            started = time.monotonic()
-            try:
-                result = await fn(stage, *args, **kwargs)
-                if isinstance(result, Plan):
-                    status = await apply(stage, result)
-                    detail = result.skip or ("dry run: would change" if status == "skipped"
-                                             and stage.dry_run else result.found)
-                    result = Outcome(name, status, detail, plan=result)
-            except BaseException as error:
-                await _failed(stage, name, error, started, undo_run_on_failure)
-                raise
-            result.name = result.name or name
-            result.duration = time.monotonic() - started
-            record(stage, result)
-            return result
+            progress = getattr(stage, "progress", None)  # a live line per step, interactively
+            async with progress.step(name) if progress else contextlib.nullcontext():
+                started = time.monotonic()
+                try:
+                    result = await fn(stage, *args, **kwargs)
+                    if isinstance(result, Plan):
+                        status = await apply(stage, result)
+                        detail = result.skip or ("dry run: would change" if status == "skipped"
+                                                 and stage.dry_run else result.found)
+                        result = Outcome(name, status, detail, plan=result)
+                except BaseException as error:
+                    await _failed(stage, name, error, started, undo_run_on_failure)
+                    raise
+                result.name = result.name or name
+                result.duration = time.monotonic() - started
+                record(stage, result)
+                return result
 
         run.operation_name = name
         return run

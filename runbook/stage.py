@@ -40,6 +40,7 @@ class Stage:
     started: float = field(default_factory=time.monotonic)
     results: list[dict] = field(default_factory=list)
     scratch: dict = field(default_factory=dict)  # per-stage state of the operations layer
+    progress: Any = None  # interactive.Progress in interactive mode: a live line per step
 
     @property
     def run_id(self) -> str:
@@ -82,6 +83,11 @@ async def begin(
     audit.record("stage", event="start", host=params.target.host, mode=mode, dry_run=dry_run)
     target = await _connect(params.target, audit, name)
     stage = Stage(name, params, target, audit, run_dir, mode, bool(dry_run))
+    if stage.interactive:
+        from .interactive import Progress  # widgets stay out of batch runs
+        from .stages import find
+
+        stage.progress = Progress(stage, find(name).step_count)
     from .platforms import detect  # platforms builds on stage's types
 
     stage.platform = await detect(stage)

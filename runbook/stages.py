@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,13 @@ class StageInfo:
     @property
     def notebook(self) -> Path:
         return NOTEBOOKS / f"{self.name}.ipynb"
+
+    @property
+    def step_count(self) -> int:
+        """How many steps the notebook takes: one step a cell, each awaiting one operation."""
+        cells = json.loads(self.notebook.read_text())["cells"]
+        return sum(1 for c in cells if c["cell_type"] == "code"
+                   and "".join(c["source"]).startswith("await "))
 
 
 # Order matters: a run executes the default stages top to bottom.
