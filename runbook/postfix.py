@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from shlex import quote as q
 
-from . import facts, files, probes
+from . import dovecot, facts, files, probes
 from .facts import Fact
 from .operations import (
     OperationFailed,
@@ -67,6 +67,7 @@ def wanted_settings(params, profile) -> dict[str, str]:
         "alias_maps": alias_maps,
         "alias_database": p.alias_database or alias_maps,
         "parent_domain_matches_subdomains": " ".join(p.parent_domain_matches_subdomains),
+        **dovecot.postfix_settings(params),  # Maildir delivery when Dovecot reads Maildir
         **p.extra_settings,
     }
 
@@ -339,9 +340,9 @@ async def ensure_parent_domain_matching(stage) -> Plan:
     return await _main_cf_plan(stage, "G12 parent domain matching", PARENT)
 
 
-@operation("main.cf: further settings from postfix.extra_settings")
+@operation("main.cf: further settings (postfix.extra_settings; Maildir delivery for Dovecot)")
 async def ensure_extra_settings(stage) -> Plan:
-    extra = dict(stage.params.postfix.extra_settings)
+    extra = dovecot.postfix_settings(stage.params) | stage.params.postfix.extra_settings
     plan = await _main_cf_plan(stage, "extra settings", settings=extra)
     if not extra:
         plan.found = "none given"
@@ -602,7 +603,9 @@ def _mail_listing(profile, user: str) -> str:
 
 
 def _mailbox(stage) -> str:
-    return f"{_profile(stage).mailbox_dir}/{stage.params.postfix.test_recipient}"
+    user = stage.params.postfix.test_recipient
+    return f"~{user}/Maildir" if dovecot.postfix_settings(stage.params) else (
+        f"{_profile(stage).mailbox_dir}/{user}")
 
 
 def _mailbox_tail(mailbox: str) -> str:
@@ -612,8 +615,7 @@ def _mailbox_tail(mailbox: str) -> str:
 
 @operation("G19 the recipient's mailbox holds the message (read without changing it)",
            offline=lambda stage: [
-               f"$ {_mail_listing(_profile(stage), stage.params.postfix.test_recipient)}",
-               f"$ {_mailbox_tail(_mailbox(stage))}",
+               *(f"$ {command}" for command in _mailbox_reads(stage, "<G17's subject>")),
                "# the message with G17's subject is in the mailbox, which is left as it was"])
 async def read_mailbox(stage) -> Outcome:
     """The guide's `mail -u USER`, told to show the newest message's header line and leave
@@ -622,21 +624,32 @@ async def read_mailbox(stage) -> Outcome:
     sent = _state(stage).get("sent")
     if sent is None:
         return Outcome("", "skipped", "no test message was sent in this stage")
-    profile = _profile(stage)
-    mailbox = _mailbox(stage)
-    listing = await stage.run(_mail_listing(profile, stage.params.postfix.test_recipient),
-                              check=False, stream=False)
-    result = await stage.run(_mailbox_tail(mailbox), stream=False, quiet=True)
+    profile, mailbox = _profile(stage), _mailbox(stage)
+    *listing, read = _mailbox_reads(stage, sent["subject"])
+    listed = [await stage.run(command, check=False, stream=False) for command in listing]
+    result = await stage.run(read, stream=False, quiet=True)
     message = probes.find_message(result.stdout, sent["subject"])
     if message is None:
         raise OperationFailed(f"{mailbox} has no message with subject {sent['subject']!r}, "
                               "though the log says it was delivered")
     token = sent["subject"].split()[1]
-    seen = [line for line in listing.stdout.splitlines() if token in line]
+    seen = [line for r in listed for line in r.stdout.splitlines() if token in line]
     shown = (f"{profile.mail_reader} -u shows: {seen[0].strip()}" if seen else
-             f"({profile.mail_reader} -u did not list it: {listing.stdout.strip()[-200:]})")
+             f"({profile.mail_reader} -u did not list it: {listed[0].stdout.strip()[-200:]})"
+             if listed else f"found in {mailbox}/{message.get_unixfrom().split(':', 1)[-1]}")
     return Outcome("", "ok", f"{mailbox}: {sent['subject']}",
                    evidence=shown + "\n\n" + probes.show_message(message), value=message)
+
+
+def _mailbox_reads(stage, subject: str) -> list[str]:
+    """The commands that show the message without changing the mailbox: the guide's
+    `mail -u` and the mbox's tail; a Maildir (which mail(1) cannot read) by its file."""
+    user = stage.params.postfix.test_recipient
+    if not dovecot.postfix_settings(stage.params):
+        return [_mail_listing(_profile(stage), user), _mailbox_tail(_mailbox(stage))]
+    # the user name is validated ([a-z_][a-z0-9_.-]*), so ~user may stay unquoted
+    return [f"cd ~{user}/Maildir && f=$(grep -lF -- {q('Subject: ' + subject)} new/* cur/* "
+            f"2>/dev/null | tail -n 1) && echo \"From maildir:$f\" && cat \"$f\""]
 
 
 # --- 60-harden -------------------------------------------------------------------------------
