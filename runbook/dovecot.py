@@ -513,6 +513,16 @@ def _disabled(stage) -> str:
     return "" if stage.params.dovecot.enabled else "dovecot.enabled is false"
 
 
+def _when_wanted(operation_fn):
+    """Under @operation: the step is skipped, saying why, when dovecot.enabled is false."""
+    @functools.wraps(operation_fn)
+    async def wrapper(stage, *args, **kwargs):
+        if _disabled(stage):
+            return Outcome("", "skipped", _disabled(stage))
+        return await operation_fn(stage, *args, **kwargs)
+    return wrapper
+
+
 def _pending(stage, plan: Plan) -> Plan:
     """Note a dry run's would-be change: the checks after it cannot show the result."""
     if stage.dry_run and not plan.empty and not plan.skip:
@@ -706,11 +716,10 @@ def _describe_probe(stage) -> list[str]:
 
 @operation("G22 the test recipient's password is at hand (read here, never shown)",
            offline=_describe_password)
+@_when_wanted
 async def check_password(stage) -> Outcome:
     """Read before anything changes, so a missing password stops the stage while the host
     is still as it was."""
-    if _disabled(stage):
-        return Outcome("", "skipped", _disabled(stage))
     d = stage.params.dovecot
     _secret(stage, test_password(stage.params))
     where = (f"environment variable {d.test_password_env}" if d.test_password_env
@@ -719,11 +728,10 @@ async def check_password(stage) -> Outcome:
 
 
 @operation("G22 Postfix delivers where Dovecot will read", offline=_describe_delivery)
+@_when_wanted
 async def check_delivery(stage) -> Outcome:
     """Postfix's delivery settings must match dovecot.mailbox_format: mbox files in the
     spool (the default), or ~/Maildir/ (home_mailbox = Maildir/)."""
-    if _disabled(stage):
-        return Outcome("", "skipped", _disabled(stage))
     values = await _delivery_values(stage)
     if values is None:
         return Outcome("", "skipped", "dry run: Postfix is not installed yet")
@@ -740,23 +748,20 @@ async def check_delivery(stage) -> Outcome:
 
 
 @operation("G22 install Dovecot's IMAP server (nothing started until configured)")
+@_when_wanted
 async def install(stage) -> Plan:
-    if _disabled(stage):
-        return Plan("install Dovecot", skip=_disabled(stage))
     return _pending(stage, await _profile(stage).dovecot_install(stage, stage.params.dovecot.pop3))
 
 
 @operation("G22 Dovecot's login class (OpenBSD package README)")
+@_when_wanted
 async def ensure_login_class(stage) -> Plan:
-    if _disabled(stage):
-        return Plan("login class", skip=_disabled(stage))
     return _pending(stage, await _profile(stage).dovecot_login_class(stage))
 
 
 @operation("G22 TLS certificate for Dovecot (given, or self-signed once)")
+@_when_wanted
 async def ensure_certificate(stage) -> Plan:
-    if _disabled(stage):
-        return Plan("certificate", skip=_disabled(stage))
     params, profile = stage.params, _profile(stage)
     c = certificate(params, profile)
     found = await facts.read_one(stage, _certificate_fact(stage))
@@ -795,9 +800,8 @@ async def ensure_certificate(stage) -> Plan:
 
 
 @operation("G22 Dovecot configuration: one runbook-managed file")
+@_when_wanted
 async def ensure_config(stage) -> Plan:
-    if _disabled(stage):
-        return Plan("configuration", skip=_disabled(stage))
     profile = _profile(stage)
     values = await _delivery_values(stage)
     settings = _settings(stage, values)
@@ -815,12 +819,11 @@ async def ensure_config(stage) -> Plan:
 
 @operation("G22 doveconf -n: no errors, settings as intended",
            offline=_describe_check_config)
+@_when_wanted
 async def check_config(stage) -> Outcome:
     """`doveconf -n` (the settings that differ from the defaults) shown; it must exit 0
     without warnings, and the settings the runbook wrote must be what Dovecot reads (no
     later file, such as local.conf, overriding them)."""
-    if _disabled(stage):
-        return Outcome("", "skipped", _disabled(stage))
     installed = await facts.read_one(stage, _profile(stage).dovecot_packages())
     if not installed.get("imap"):
         if stage.dry_run:
@@ -847,16 +850,14 @@ async def check_config(stage) -> Outcome:
 
 
 @operation("G22 Dovecot starts at boot")
+@_when_wanted
 async def ensure_at_boot(stage) -> Plan:
-    if _disabled(stage):
-        return Plan("at boot", skip=_disabled(stage))
     return _pending(stage, await _profile(stage).dovecot_at_boot(stage))
 
 
 @operation("G22 Dovecot started (or reloaded onto a changed configuration)")
+@_when_wanted
 async def start(stage) -> Plan:
-    if _disabled(stage):
-        return Plan("start", skip=_disabled(stage))
     profile = _profile(stage)
     master = await facts.read_one(stage, _master(stage))
     stamp = (f"mkdir -p {q(profile.state_dir)} && cksum {_files(stage)} > "
@@ -880,9 +881,8 @@ async def start(stage) -> Plan:
 
 @operation("G22 Dovecot listens on exactly the configured addresses",
            offline=_describe_listening)
+@_when_wanted
 async def verify_listening(stage) -> Outcome:
-    if _disabled(stage):
-        return Outcome("", "skipped", _disabled(stage))
     if stage.dry_run and _state(stage).get("pending"):
         return Outcome("", "skipped", "dry run: Dovecot would be set up or changed first")
     profile = _profile(stage)
@@ -1176,13 +1176,12 @@ def _inside(address: str, networks: str) -> bool:
 
 @operation("G22 plaintext login without TLS refused, tried from outside",
            offline=_describe_probe)
+@_when_wanted
 async def probe_plaintext_refused(stage) -> Outcome:
     """From this machine straight to port 143 (110 too with POP3), from postfix.probe_source:
     the greeting's capabilities, then LOGIN with a made-up password. It must be refused
     for want of TLS (LOGINDISABLED, NO [PRIVACYREQUIRED]); an answer about the password
     means the server would check a password sent in clear."""
-    if _disabled(stage):
-        return Outcome("", "skipped", _disabled(stage))
     params = stage.params
     master = await facts.read_one(stage, _master(stage))
     if master["pid"] is None or (stage.dry_run and _state(stage).get("pending")):
