@@ -14,9 +14,9 @@ from runbook.cli import main as cli_main
 
 PROJECT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
-# The Postfix stages (issue 5); Dovecot's stage gets its own golden plan once it plans offline.
+# The default run: the Postfix stages and Dovecot's.
 STAGES = ["00-preflight", "10-install", "20-enable", "30-configure", "40-start",
-          "50-validate", "60-harden"]
+          "50-validate", "60-harden", "70-dovecot"]
 EXAMPLES = ["example-openbsd", "example-openbsd-7", "example-debian"]
 
 
