@@ -112,10 +112,9 @@ async def file_stat(t: Target, path: str) -> tuple[int, str, str] | None:
     return _parse_ls(r.stdout)
 
 
-# Saves the old content into the run's folder and the baseline (first time only in each),
-# then writes stdin to a temp file beside the path and renames it over; prints the name
-# of the run's backup ("-": the file was new before the run).
-WRITE_SCRIPT = """set -e
+# Saves the file's content (or that it is absent) into the run's folder and the baseline,
+# the first time only in each, with a MANIFEST line that `restore_*` read.
+BACKUP_SCRIPT = """set -e
 P={path}; export P; R={run}; B={baseline}; N={name}
 umask 077; mkdir -p "$R" "$B"
 known() {{
@@ -129,7 +128,10 @@ save() {{
   else printf '%s\\tabsent\\t-\\t-\\t-\\n' "$P" >> "$1/MANIFEST"; fi
 }}
 save "$R"; save "$B"
-T=$(mktemp {dir}/.mail-runbook.XXXXXX); trap 'rm -f "$T"' EXIT
+"""
+# The backup first, then stdin into a temp file beside the path, renamed over it; prints
+# the name of the run's backup ("-": the file was new before the run).
+WRITE_SCRIPT = BACKUP_SCRIPT + """T=$(mktemp {dir}/.mail-runbook.XXXXXX); trap 'rm -f "$T"' EXIT
 cat > "$T"
 {chown}chmod {mode} "$T"; mv -f "$T" "$P"
 awk -F'\\t' '$1 == ENVIRON["P"] {{print $3; exit}}' "$R/MANIFEST"
@@ -161,13 +163,7 @@ async def write_file(
         mode, owner = stat[0], f"{stat[1]}:{stat[2]}"
     mode = NEW_FILE_MODE if mode is None else mode
     script = WRITE_SCRIPT.format(
-        path=q(path),
-        run=q(f"{BACKUP_ROOT}/{run_id}"),
-        baseline=q(f"{BACKUP_ROOT}/{BASELINE}"),
-        name=q(backup_name(path)),
-        sha=q(_sha(before) if before is not None else "absent"),
-        mode=f"{mode:04o}",
-        owner=q(owner or "-"),
+        **_backup_fields(path, run_id, before, f"{mode:04o}", owner or "-"),
         dir=q(posixpath.dirname(path) or "/"),
         chown=f'chown {q(owner)} "$T"; ' if owner else "",
     )
@@ -186,6 +182,31 @@ async def write_file(
     if audit:
         audit.record("file_write", host=t.host, **change.__dict__)
     return change
+
+
+async def keep_file(t: Target, path: str, *, run_id: str, audit: Audit | None = None) -> None:
+    """Back up `path` (or that it is absent) for this run and as the baseline, unchanged:
+    for files another program rewrites (rcctl), so `restore_*` can put them back."""
+    _check_run(run_id)
+    found = await _read(t, path)
+    before, stat, _ = found if found else (None, None, "-")
+    mode, owner = (f"{stat[0]:04o}", f"{stat[1]}:{stat[2]}") if stat else ("-", "-")
+    r = await t.run(BACKUP_SCRIPT.format(**_backup_fields(path, run_id, before, mode, owner)),
+                    check=False, quiet=True)
+    if r.exit_status != 0:
+        raise _failed(t, f"cannot back up {path}", r)
+    audit = audit if audit is not None else t.audit
+    if audit:
+        audit.record("file_keep", host=t.host, path=path, absent=before is None)
+
+
+def _backup_fields(path: str, run_id: str, before: bytes | None, mode: str, owner: str) -> dict:
+    return {
+        "path": q(path), "run": q(f"{BACKUP_ROOT}/{run_id}"),
+        "baseline": q(f"{BACKUP_ROOT}/{BASELINE}"), "name": q(backup_name(path)),
+        "sha": q(_sha(before) if before is not None else "absent"),
+        "mode": mode, "owner": q(owner),
+    }
 
 
 def _diff(path: str, before: bytes | None, after: bytes) -> str:

@@ -29,13 +29,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
-import hashlib
 import re
 import shlex
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from shlex import quote as q
 from typing import Any
 
 from . import facts, files
@@ -233,38 +231,9 @@ def edited(stage) -> list[str]:
     return facts.scratch(stage).setdefault("edited", [])
 
 
-# Saves a file's current content into the run's backup folder and the baseline (each only
-# the first time), without changing the file: the same MANIFEST lines `files.write_file`
-# keeps, so `files.restore_*` put it back.
-KEEP_SCRIPT = """set -e
-P={path}; export P; R={run}; B={baseline}; N={name}
-umask 077; mkdir -p "$R" "$B"
-known() {{
-  [ -f "$1/MANIFEST" ] && awk -F'\\t' '$1 == ENVIRON["P"] {{f = 1}} END {{exit !f}}' "$1/MANIFEST"
-}}
-save() {{
-  known "$1" && return 0
-  if [ -e "$P" ]; then
-    cp -p "$P" "$1/$N"
-    printf '%s\\t%s\\t%s\\t%s\\t%s\\n' "$P" {sha} "$N" {mode} {owner} >> "$1/MANIFEST"
-  else printf '%s\\tabsent\\t-\\t-\\t-\\n' "$P" >> "$1/MANIFEST"; fi
-}}
-save "$R"; save "$B"
-"""
-
-
 async def keep_file(stage, path: str) -> None:
-    """Back up `path` (or that it is absent) for this run and as the baseline, unchanged."""
-    content = await files.read_file(stage.target, path)
-    stat = await files.file_stat(stage.target, path) if content is not None else None
-    script = KEEP_SCRIPT.format(
-        path=q(path), run=q(f"{files.BACKUP_ROOT}/{stage.run_id}"),
-        baseline=q(f"{files.BACKUP_ROOT}/{files.BASELINE}"), name=q(files.backup_name(path)),
-        sha=q(hashlib.sha256(content).hexdigest() if content is not None else "absent"),
-        mode=f"{stat[0]:04o}" if stat else "-", owner=q(f"{stat[1]}:{stat[2]}" if stat else "-"))
-    await stage.run(script, quiet=True)
-    stage.audit.record("file_keep", host=getattr(stage.target, "host", ""), path=path,
-                       absent=content is None)
+    """Back up `path` for this run and as the baseline, unchanged (see files.keep_file)."""
+    await files.keep_file(stage.target, path, run_id=stage.run_id, audit=stage.audit)
 
 
 def reversals(stage) -> list[Run]:
