@@ -46,7 +46,7 @@ browser: venv system-deps
 # JupyterLab on 127.0.0.1 over a fresh session folder in runs/ (PARAMS=params/x.yaml to
 # prepare the stage notebooks for that host)
 lab: venv
-	$(BIN)/python -m runbook.session $(if $(PARAMS),--params $(PARAMS))
+	$(BIN)/python -m runbook.interactive.session $(if $(PARAMS),--params $(PARAMS))
 
 demo: venv system-deps
 	$(BIN)/runbook lab up --hosts 1

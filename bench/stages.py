@@ -22,7 +22,8 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 from bench import floor
-from runbook import lab, params, runner
+from runbook import lab, params
+from runbook.run import runner
 
 INSTALLERS = ("apt-get install", "pkg_add")
 

@@ -20,7 +20,7 @@ import asyncssh
 
 from runbook import lab, params
 from runbook.audit import Audit
-from runbook.target import Target
+from runbook.remote.target import Target
 
 
 def ms(samples: list[float]) -> str:

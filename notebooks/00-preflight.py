@@ -37,8 +37,8 @@ dry_run = False
 # host's key against the known_hosts file.
 
 # %%
-from runbook import preflight
-from runbook.stage import begin, end, validate
+from runbook.run.stage import begin, end, validate
+from runbook.services import preflight
 
 params = validate(target=target, platform=platform, postfix=postfix, dovecot=dovecot)
 stage = await begin("00-preflight", params, mode=mode, run_dir=run_dir, dry_run=dry_run)

@@ -34,8 +34,8 @@ dry_run = False
 # record, connects and identifies the platform (which decides how packages are installed).
 
 # %%
-from runbook import postfix as pf
-from runbook.stage import begin, end, validate
+from runbook.run.stage import begin, end, validate
+from runbook.services import postfix as pf
 
 params = validate(target=target, platform=platform, postfix=postfix, dovecot=dovecot)
 stage = await begin("10-install", params, mode=mode, run_dir=run_dir, dry_run=dry_run)

@@ -30,8 +30,8 @@ run_dir = ""
 dry_run = False
 
 # %%
-from runbook import postfix as pf
-from runbook.stage import begin, end, validate
+from runbook.run.stage import begin, end, validate
+from runbook.services import postfix as pf
 
 params = validate(target=target, platform=platform, postfix=postfix, dovecot=dovecot)
 stage = await begin("60-harden", params, mode=mode, run_dir=run_dir, dry_run=dry_run)

@@ -35,8 +35,8 @@ run_dir = ""
 dry_run = False
 
 # %%
-from runbook import dovecot as dv
-from runbook.stage import begin, end, validate
+from runbook.run.stage import begin, end, validate
+from runbook.services import dovecot as dv
 
 params = validate(target=target, platform=platform, postfix=postfix, dovecot=dovecot)
 stage = await begin("70-dovecot", params, mode=mode, run_dir=run_dir, dry_run=dry_run)

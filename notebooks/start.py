@@ -25,8 +25,8 @@
 # a name of your own. Each field says what it is for; an error appears next to the field.
 
 # %%
-from runbook import form as params_form
-from runbook import session
+from runbook.interactive import form as params_form
+from runbook.interactive import session
 
 form = params_form.show()
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import ParamsError, RunbookError
+from runbook.errors import ParamsError, RunbookError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from . import runner
+    from runbook.run import runner
 
     runner.quiet_papermill_logging()
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
@@ -37,7 +37,7 @@ def _run(args) -> int:
 
 
 def _plan(args) -> int:
-    from . import plan
+    from runbook.run import plan
 
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
     print(plan.main(args.params, stages), end="")
@@ -45,7 +45,7 @@ def _plan(args) -> int:
 
 
 def _validate(args) -> int:
-    from . import params
+    from runbook import params
 
     loaded = params.load(args.params)
     print(f"{args.params}: valid ({loaded.target.user}@{loaded.target.host}, "
@@ -54,7 +54,7 @@ def _validate(args) -> int:
 
 
 def _audit_verify(args) -> int:
-    from . import audit
+    from runbook import audit
 
     count = audit.verify(Path(args.run_dir))
     print(f"{args.run_dir}: audit chain intact, {count} records")
@@ -62,7 +62,7 @@ def _audit_verify(args) -> int:
 
 
 def _lab(args) -> int:
-    from . import lab
+    from runbook import lab
 
     if args.lab_command == "up":
         hosts = lab.up(args.hosts, checkout=Path.cwd(), flavor=args.flavor,
@@ -81,7 +81,7 @@ def _lab(args) -> int:
 
 
 def _session(args) -> int:
-    from . import session
+    from runbook.interactive import session
 
     return session.serve(args.params, port=args.port)
 

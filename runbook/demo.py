@@ -6,8 +6,9 @@ import sys
 
 import nbformat
 
-from . import audit, lab, runner
-from .errors import RunbookError
+from runbook import audit, lab
+from runbook.errors import RunbookError
+from runbook.run import runner
 
 
 def main() -> int:

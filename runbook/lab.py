@@ -47,7 +47,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LabError
+from runbook.errors import LabError
 
 LAB = Path("/var/lib/mail-runbook/lab")
 HOSTS = LAB / "hosts"

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ParamsError
+from runbook.errors import ParamsError
 
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _REFERENCE = re.compile(r"\$(?:\{(myhostname|mydomain)\}|(myhostname|mydomain))")

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runbook import lab, runner
+from runbook import lab
+from runbook.run import runner
 
 
 def module_host(request, variable: str = "RUNBOOK_TEST_HOST") -> dict:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import types
 from pathlib import Path
 
-from runbook import facts, params, platforms
+from runbook import params, platforms
 from runbook.errors import CommandFailed
+from runbook.ops import facts
 
 PARAMS = {
     "target": {"host": "127.0.0.11", "user": "root"},
@@ -110,7 +111,7 @@ class Files(types.ModuleType):
 
 
 def install_files(monkeypatch) -> Files:
-    from runbook import operations
+    from runbook.ops import operations
 
     fake = Files()
     monkeypatch.setattr(operations, "files", fake)

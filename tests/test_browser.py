@@ -18,7 +18,7 @@ from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
 from runbook import params as model
-from runbook import session
+from runbook.interactive import session
 
 pytestmark = pytest.mark.browser
 
@@ -192,7 +192,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from runbook.audit import Audit
-from runbook.interactive import approve
+from runbook.interactive.approval import approve
 
 stage = SimpleNamespace(name="99-approval", mode=mode, results=[],
                         audit=Audit(Path(run_dir), stage="99-approval"))
@@ -264,7 +264,8 @@ def on_host(host: dict, command: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.lab
 def test_interactive_stage_applies_what_was_approved(lab, page, stage_host):
-    from runbook import runner, stages
+    from runbook.run import manifest as stages
+    from runbook.run import runner
 
     name = stage_with_changes()
     before = [s.name for s in stages.MANIFEST[:[s.name for s in stages.MANIFEST].index(name)]

@@ -18,10 +18,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from stagefakes import PARAMS, Stage, install_files
 
-from runbook import dovecot as dv
-from runbook import facts, params
+from runbook import params
 from runbook.errors import ParamsError
-from runbook.operations import OperationFailed, Run
+from runbook.ops import facts
+from runbook.ops.operations import OperationFailed, Run
+from runbook.remote import imap as client
+from runbook.services import dovecot as dv
+from runbook.services.dovecot import common, login, setup, tls, wanted
 
 DEBIAN_DELIVERY = {"home_mailbox": "", "mail_spool_directory": "/var/mail",
                    "mailbox_command": "", "mailbox_transport": ""}
@@ -41,12 +44,12 @@ def stage_with(dovecot: dict | None = None, postfix: dict | None = None, **kwarg
 def known(stage: Stage, **values) -> None:
     """Put fact values into the stage's cache by the facts' own names."""
     names = {
-        "delivery": dv._delivery(stage).name, "conf": dv._conf(stage).name,
-        "master": dv._master(stage).name, "certificate": dv._certificate_fact(stage).name,
+        "delivery": common.delivery_fact(stage).name, "conf": common.conf_fact(stage).name,
+        "master": common.master_fact(stage).name, "certificate": tls.certificate_fact(stage).name,
         "packages": stage.platform.dovecot_packages().name,
         "boot": stage.platform.dovecot_boot().name,
-        "doveconf_n": dv._doveconf(stage).name,
-        "doveconf": dv._doveconf(stage, dv.CHECKED).name,
+        "doveconf_n": common.doveconf(stage).name,
+        "doveconf": common.doveconf(stage, wanted.CHECKED).name,
         "listeners": stage.platform.listeners().name,
     }
     facts.cache(stage).update({names[k]: v for k, v in values.items()})
@@ -60,18 +63,18 @@ def run(coro):
 # --- what is wanted ---------------------------------------------------------------------------
 
 def test_listen_follows_postfix_inet_interfaces_unless_given():
-    assert dv.listen_addresses(stage_with().params) == ["127.0.0.11"]
+    assert wanted.listen_addresses(stage_with().params) == ["127.0.0.11"]
     loopback = stage_with(postfix={"inet_interfaces": ["loopback-only"]})
-    assert dv.listen_addresses(loopback.params) == ["127.0.0.1"]
+    assert wanted.listen_addresses(loopback.params) == ["127.0.0.1"]
     everywhere = stage_with(postfix={"inet_interfaces": ["all"]})
-    assert dv.listen_addresses(everywhere.params) == ["*", "::"]
+    assert wanted.listen_addresses(everywhere.params) == ["*", "::"]
     given_ = stage_with(dovecot={"listen": "192.0.2.1, 127.0.0.1"})
-    assert dv.listen_addresses(given_.params) == ["192.0.2.1", "127.0.0.1"]
+    assert wanted.listen_addresses(given_.params) == ["192.0.2.1", "127.0.0.1"]
 
 
 def test_mbox_config_serves_the_spool_postfix_delivers_to():
     stage = stage_with()
-    text = dv.render_config(dv._settings(stage, DEBIAN_DELIVERY))
+    text = wanted.render_config(common.settings_for(stage, DEBIAN_DELIVERY))
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert lines == [
         "protocols = imap",
@@ -84,7 +87,8 @@ def test_mbox_config_serves_the_spool_postfix_delivers_to():
         "disable_plaintext_auth = yes",
     ]
     # the spool is Postfix's own setting, not an assumption
-    other = dv._settings(stage, DEBIAN_DELIVERY | {"mail_spool_directory": "/var/spool/mail"})
+    other = common.settings_for(stage, DEBIAN_DELIVERY
+                                | {"mail_spool_directory": "/var/spool/mail"})
     assert other.mail_location == "mbox:~/mail:INBOX=/var/spool/mail/%u"
 
 
@@ -92,15 +96,15 @@ def test_maildir_and_pop3_and_a_given_certificate():
     stage = stage_with(dovecot={"mailbox_format": "maildir", "pop3": True,
                                 "ssl_cert_file": "/etc/ssl/mail.pem",
                                 "ssl_key_file": "/etc/ssl/private/mail.key"})
-    settings = dv._settings(stage, DEBIAN_DELIVERY | {"home_mailbox": "Maildir/"})
-    text = dv.render_config(settings)
+    settings = common.settings_for(stage, DEBIAN_DELIVERY | {"home_mailbox": "Maildir/"})
+    text = wanted.render_config(settings)
     assert "protocols = imap pop3\n" in text
     assert "mail_location = maildir:~/Maildir\n" in text
     assert "mail_privileged_group" not in text  # no dotlocks in the spool with Maildir
     assert "ssl_cert = </etc/ssl/mail.pem\n" in text
     assert "ssl_key = </etc/ssl/private/mail.key\n" in text
-    assert dv.postfix_settings(stage.params) == {"home_mailbox": "Maildir/"}
-    assert dv.postfix_settings(stage_with().params) == {}
+    assert wanted.postfix_settings(stage.params) == {"home_mailbox": "Maildir/"}
+    assert wanted.postfix_settings(stage_with().params) == {}
     assert settings.values()["protocols"] == "imap pop3"
 
 
@@ -110,14 +114,15 @@ def test_half_a_certificate_is_refused_before_any_connection():
 
 
 def test_delivery_must_match_the_mailbox_format():
-    assert dv.delivery_problems("mbox", DEBIAN_DELIVERY) == []
+    assert wanted.delivery_problems("mbox", DEBIAN_DELIVERY) == []
     procmail = DEBIAN_DELIVERY | {"mailbox_command": 'procmail -a "$EXTENSION"'}
-    assert "mailbox_command" in dv.delivery_problems("mbox", procmail)[0]
+    assert "mailbox_command" in wanted.delivery_problems("mbox", procmail)[0]
     maildir = DEBIAN_DELIVERY | {"home_mailbox": "Maildir/"}
-    assert "home_mailbox = Maildir/" in dv.delivery_problems("mbox", maildir)[0]
-    assert dv.delivery_problems("maildir", maildir) == []
-    assert "maildir" in dv.delivery_problems("maildir", DEBIAN_DELIVERY)[0]
-    assert dv.delivery_problems("mbox", DEBIAN_DELIVERY | {"mail_spool_directory": "/var/mail/"})
+    assert "home_mailbox = Maildir/" in wanted.delivery_problems("mbox", maildir)[0]
+    assert wanted.delivery_problems("maildir", maildir) == []
+    assert "maildir" in wanted.delivery_problems("maildir", DEBIAN_DELIVERY)[0]
+    assert wanted.delivery_problems(
+        "mbox", DEBIAN_DELIVERY | {"mail_spool_directory": "/var/mail/"})
 
 
 # --- doveconf ---------------------------------------------------------------------------------
@@ -146,34 +151,34 @@ ssl_key = # hidden, use -P to show it
 
 
 def test_doveconf_output_top_level_settings_only():
-    found = dv.parse_settings(DOVECONF_N)
+    found = wanted.parse_settings(DOVECONF_N)
     assert found["listen"] == "127.0.0.11" and found["protocols"] == '" imap"'
     assert "driver" not in found and "inbox" not in found and "prefix" not in found
     assert found["ssl_cert"] == "</etc/dovecot/private/mail-runbook.pem"
-    assert dv.parse_settings("login_trusted_networks = \n")["login_trusted_networks"] == ""
+    assert wanted.parse_settings("login_trusted_networks = \n")["login_trusted_networks"] == ""
 
 
 def test_settings_overridden_by_another_file_are_named():
-    wanted = dv._settings(stage_with(), DEBIAN_DELIVERY).values()
-    current = dv.parse_settings(DOVECONF_N) | {"disable_plaintext_auth": "yes",
-                                               "mail_privileged_group": "mail"}
-    assert dv.settings_problems(wanted, current) == []
+    values = common.settings_for(stage_with(), DEBIAN_DELIVERY).values()
+    current = wanted.parse_settings(DOVECONF_N) | {"disable_plaintext_auth": "yes",
+                                                   "mail_privileged_group": "mail"}
+    assert wanted.settings_problems(values, current) == []
     current["listen"] = "*, ::"
-    assert dv.settings_problems(wanted, current) == ["listen is '*, ::', wanted '127.0.0.11'"]
+    assert wanted.settings_problems(values, current) == ["listen is '*, ::', wanted '127.0.0.11'"]
 
 
 def test_doveconf_warnings_are_complaints():
     out = ("doveconf: Warning: NOTE: You can get a new clean config file with: doveconf -Pn\n"
            "doveconf: Warning: Obsolete setting in /etc/dovecot/conf.d/x.conf:3\n"
            + DOVECONF_N)
-    assert len(dv.doveconf_complaints(out)) == 2
-    assert dv.doveconf_complaints(DOVECONF_N) == []
+    assert len(wanted.doveconf_complaints(out)) == 2
+    assert wanted.doveconf_complaints(DOVECONF_N) == []
 
 
 def test_expected_sockets():
-    assert dv.expected_sockets(["127.0.0.11"], ["imap"]) == {("127.0.0.11", 143),
+    assert wanted.expected_sockets(["127.0.0.11"], ["imap"]) == {("127.0.0.11", 143),
                                                             ("127.0.0.11", 993)}
-    assert ("0.0.0.0", 995) in dv.expected_sockets(["*", "::"], ["imap", "pop3"])
+    assert ("0.0.0.0", 995) in wanted.expected_sockets(["*", "::"], ["imap", "pop3"])
 
 
 # --- IMAP and POP3 transcripts ---------------------------------------------------------------
@@ -216,7 +221,7 @@ class Sink:
 
 def test_imap_session_read_from_a_transcript():
     async def session():
-        imap = dv.IMAP(feed(SESSION), Sink())
+        imap = client.IMAP(feed(SESSION), Sink())
         greeting = await imap.greeting()
         login = await imap.expect_ok('LOGIN "u" "secret"', shown='LOGIN "u" "********"')
         examined = await imap.expect_ok("EXAMINE INBOX")
@@ -225,11 +230,11 @@ def test_imap_session_read_from_a_transcript():
         return imap, greeting, login, examined, search, fetched
 
     imap, greeting, login, examined, search, fetched = run(session())
-    assert {"STARTTLS", "LOGINDISABLED"} <= dv.parse_capabilities(greeting.untagged)
+    assert {"STARTTLS", "LOGINDISABLED"} <= client.parse_capabilities(greeting.untagged)
     assert login.ok and examined.code == "READ-ONLY"
-    assert dv.parse_exists(examined.untagged) == 3
-    assert dv.parse_search(search.untagged) == [2, 3]
-    headers = dv.parse_fetched_headers(fetched.untagged)
+    assert client.parse_exists(examined.untagged) == 3
+    assert client.parse_search(search.untagged) == [2, 3]
+    headers = client.parse_fetched_headers(fetched.untagged)
     assert headers["Subject"] == "mail-runbook 1a2b3c4d test of run R1"
     assert "secret" not in imap.shown() and 'C: a1 LOGIN "u" "********"' in imap.shown()
     assert imap.writer.sent.startswith(b'a1 LOGIN "u" "secret"\r\n')
@@ -238,51 +243,51 @@ def test_imap_session_read_from_a_transcript():
 
 def test_a_refusal_is_a_readable_error():
     async def session():
-        imap = dv.IMAP(feed(GREETING + b"a1 NO [AUTHENTICATIONFAILED] Authentication "
+        imap = client.IMAP(feed(GREETING + b"a1 NO [AUTHENTICATIONFAILED] Authentication "
                             b"failed.\r\n"), Sink())
         await imap.greeting()
         await imap.expect_ok('LOGIN "u" "p"', shown='LOGIN "u" "********"')
 
-    with pytest.raises(dv.IMAPError, match=r"LOGIN was answered NO \[AUTHENTICATIONFAILED\]"):
+    with pytest.raises(client.IMAPError, match=r"LOGIN was answered NO \[AUTHENTICATIONFAILED\]"):
         run(session())
 
 
 def test_status_lines():
-    assert dv.parse_status("a1 NO [PRIVACYREQUIRED] Plaintext authentication disallowed.") == (
+    assert client.parse_status("a1 NO [PRIVACYREQUIRED] Plaintext authentication disallowed.") == (
         "a1", "NO", "PRIVACYREQUIRED", "Plaintext authentication disallowed.")
-    assert dv.parse_status("a2 OK Logout completed.")[1:] == ("OK", "", "Logout completed.")
-    with pytest.raises(dv.IMAPError):
-        dv.parse_status("hello")
+    assert client.parse_status("a2 OK Logout completed.")[1:] == ("OK", "", "Logout completed.")
+    with pytest.raises(client.IMAPError):
+        client.parse_status("hello")
 
 
-def response(line: str) -> dv.Response:
-    return dv.Response(*dv.parse_status(line))
+def response(line: str) -> client.Response:
+    return client.Response(*client.parse_status(line))
 
 
 def test_plaintext_verdict():
     caps = {"IMAP4REV1", "STARTTLS", "LOGINDISABLED"}
-    refused, why = dv.plaintext_verdict(caps, response(
+    refused, why = login.plaintext_verdict(caps, response(
         "a1 NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) "
         "connections."))
     assert refused and "LOGINDISABLED" in why
-    assert not dv.plaintext_verdict({"IMAP4REV1"}, response(
+    assert not login.plaintext_verdict({"IMAP4REV1"}, response(
         "a1 NO [AUTHENTICATIONFAILED] Authentication failed."))[0]
-    assert not dv.plaintext_verdict(caps, response("a1 OK Logged in"))[0]
-    assert dv.plaintext_verdict(caps, response("a1 BAD LOGIN is disabled"))[0]
-    assert not dv.plaintext_verdict({"IMAP4REV1"}, response("a1 BAD Error in IMAP command"))[0]
+    assert not login.plaintext_verdict(caps, response("a1 OK Logged in"))[0]
+    assert login.plaintext_verdict(caps, response("a1 BAD LOGIN is disabled"))[0]
+    assert not login.plaintext_verdict({"IMAP4REV1"}, response("a1 BAD Error in IMAP command"))[0]
 
 
 def test_pop3_plaintext_verdict():
-    assert dv.pop3_plaintext_verdict("-ERR [AUTH] Plaintext authentication disallowed on "
+    assert login.pop3_plaintext_verdict("-ERR [AUTH] Plaintext authentication disallowed on "
                                      "non-secure (SSL/TLS) connections.")[0]
-    assert not dv.pop3_plaintext_verdict("+OK")[0]
-    assert not dv.pop3_plaintext_verdict("-ERR Unknown command.")[0]
+    assert not login.pop3_plaintext_verdict("+OK")[0]
+    assert not login.pop3_plaintext_verdict("-ERR Unknown command.")[0]
 
 
 def test_quoted_strings():
-    assert dv.quoted('a"b\\c') == '"a\\"b\\\\c"'
-    with pytest.raises(OperationFailed):
-        dv.quoted("two\nlines")
+    assert client.quoted('a"b\\c') == '"a\\"b\\\\c"'
+    with pytest.raises(client.IMAPError, match="line break"):
+        client.quoted("two\nlines")
 
 
 # --- the password -----------------------------------------------------------------------------
@@ -291,14 +296,14 @@ def test_password_from_a_file_or_the_environment(tmp_path, monkeypatch):
     secret_file = tmp_path / "pw"
     secret_file.write_text("s3cret-value\n")
     stage = stage_with(dovecot={"test_password_file": str(secret_file)})
-    assert dv.test_password(stage.params) == "s3cret-value"
+    assert login.test_password(stage.params) == "s3cret-value"
     monkeypatch.setenv("MAIL_TEST_PW", "from-env")
     stage = stage_with(dovecot={"test_password_env": "MAIL_TEST_PW"})
-    assert dv.test_password(stage.params) == "from-env"
+    assert login.test_password(stage.params) == "from-env"
     with pytest.raises(OperationFailed, match="is not set"):
-        dv.test_password(stage_with(dovecot={"test_password_env": "NOT_THERE_PW"}).params)
+        login.test_password(stage_with(dovecot={"test_password_env": "NOT_THERE_PW"}).params)
     with pytest.raises(OperationFailed, match="never a parameter"):
-        dv.test_password(stage_with(dovecot={}).params)
+        login.test_password(stage_with(dovecot={}).params)
 
 
 def test_a_missing_password_stops_the_stage_before_anything_changes():
@@ -352,13 +357,13 @@ def test_dry_run_shows_the_config_diff_and_writes_nothing(monkeypatch, capsys):
     shown = capsys.readouterr().out
     assert "-listen = *" in shown and "+listen = 127.0.0.11" in shown
     assert fake.writes == [] and stage.commands == []
-    assert dv._state(stage)["pending"]
+    assert common.scratch(stage)["pending"]
 
 
 def test_config_unchanged_is_ok(monkeypatch):
     fake = install_files(monkeypatch)
     stage = stage_with()
-    text = dv.render_config(dv._settings(stage, DEBIAN_DELIVERY))
+    text = wanted.render_config(common.settings_for(stage, DEBIAN_DELIVERY))
     known(stage, delivery=DEBIAN_DELIVERY, conf=text)
     assert run(dv.ensure_config(stage)).status == "ok" and fake.writes == []
 
@@ -420,8 +425,8 @@ def test_start_when_stopped_reload_when_stale_nothing_when_current(monkeypatch):
 def test_check_config_fails_on_an_override(monkeypatch):
     install_files(monkeypatch)
     stage = stage_with()
-    wanted = dv._settings(stage, DEBIAN_DELIVERY).values()
-    values = "".join(f"{k} = {v}\n" for k, v in (wanted | {"listen": "*"}).items())
+    settings = common.settings_for(stage, DEBIAN_DELIVERY).values()
+    values = "".join(f"{k} = {v}\n" for k, v in (settings | {"listen": "*"}).items())
     known(stage, packages={"imap": True, "pop3": False}, delivery=DEBIAN_DELIVERY,
           doveconf_n=(DOVECONF_N, 0), doveconf=(values, 0))
     with pytest.raises(OperationFailed, match=re.escape("listen is '*', wanted '127.0.0.11'")):
@@ -429,7 +434,7 @@ def test_check_config_fails_on_an_override(monkeypatch):
 
 
 def test_verify_listening_wants_exactly_the_listen_addresses(monkeypatch):
-    from runbook.facts import Listener
+    from runbook.ops.facts import Listener
 
     stage = stage_with()
     known(stage, master={"pid": 7, "stale": False}, listeners=[
@@ -439,7 +444,7 @@ def test_verify_listening_wants_exactly_the_listen_addresses(monkeypatch):
     wide = stage_with()
     known(wide, master={"pid": 7, "stale": False}, listeners=[
         Listener("0.0.0.0", 143, "dovecot", 7), Listener("0.0.0.0", 993, "dovecot", 7)])
-    monkeypatch.setattr(dv, "LISTEN_WAIT", 0.1)
+    monkeypatch.setattr(setup, "LISTEN_WAIT", 0.1)
     with pytest.raises(OperationFailed, match=re.escape("listens on 0.0.0.0:143")):
         run(dv.verify_listening(wide))
 
@@ -467,8 +472,8 @@ def make_certificate(tmp_path, name: str):
 def test_the_pin_trusts_exactly_that_certificate(tmp_path):
     pem, cert_file, key_file, sha = make_certificate(tmp_path, "mail.test")
     other_pem, *_ = make_certificate(tmp_path, "intruder.test")
-    assert dv.fingerprint(pem).replace(":", "").lower() == sha
-    assert dv.fingerprint("junk\n" + pem + other_pem) == dv.fingerprint(pem)  # the first one
+    assert tls.fingerprint(pem).replace(":", "").lower() == sha
+    assert tls.fingerprint("junk\n" + pem + other_pem) == tls.fingerprint(pem)  # the first one
 
     async def handshake(client_pem: str) -> str:
         server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -483,7 +488,7 @@ def test_the_pin_trusts_exactly_that_certificate(tmp_path):
         port = server.sockets[0].getsockname()[1]
         try:
             reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=dv.pinned_context(client_pem),
+                "127.0.0.1", port, ssl=tls.pinned_context(client_pem),
                 server_hostname="mail.test")
             line = await reader.readline()
             writer.close()
@@ -523,7 +528,7 @@ async def fake_imap(host: str, port: int, answer: bytes, seen: list):
 
 def probe(monkeypatch, answer: bytes, **dovecot):
     port = free_port("127.0.0.11")
-    monkeypatch.setitem(dv.PORTS, "imap", (port, 993))
+    monkeypatch.setitem(wanted.PORTS, "imap", (port, 993))
     stage = stage_with(dovecot={"test_password_file": "/x"} | dovecot)
     known(stage, master={"pid": 7, "stale": False},
           doveconf=("login_trusted_networks = \n", 0))
@@ -579,9 +584,9 @@ def test_disabled_dovecot_skips_every_step(monkeypatch):
 
 
 def test_a_socket_of_another_process_on_dovecots_ports_fails(monkeypatch):
-    from runbook.facts import Listener
+    from runbook.ops.facts import Listener
 
-    monkeypatch.setattr(dv, "LISTEN_WAIT", 0.1)
+    monkeypatch.setattr(setup, "LISTEN_WAIT", 0.1)
     stage = stage_with()
     known(stage, master={"pid": 7, "stale": False}, listeners=[
         Listener("127.0.0.11", 143, "dovecot", 7), Listener("127.0.0.11", 993, "dovecot", 7),
@@ -610,7 +615,7 @@ def test_rollback_stops_dovecot_and_takes_it_off_at_boot_where_the_runbook_set_i
 def dovecot_plan(example: str) -> str:
     from pathlib import Path
 
-    from runbook import plan
+    from runbook.run import plan
 
     source = Path(__file__).resolve().parent.parent / "params" / f"{example}.yaml"
     loaded = params.load(source)

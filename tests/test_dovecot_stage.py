@@ -30,8 +30,8 @@ import pytest
 import yaml
 from labrun import audit, module_host, ssh
 
-from runbook import dovecot as dv
 from runbook import lab
+from runbook.services.dovecot import tls
 
 pytestmark = pytest.mark.lab
 
@@ -71,7 +71,7 @@ def password(host: dict) -> str:
 
 def pinned(host: dict) -> ssl.SSLContext:
     """The certificate read from the host over SSH, as the only one trusted."""
-    return dv.pinned_context(ssh(host, "cat /etc/dovecot/private/mail-runbook.pem"))
+    return tls.pinned_context(ssh(host, "cat /etc/dovecot/private/mail-runbook.pem"))
 
 
 class IMAPFrom(imaplib.IMAP4):
@@ -300,7 +300,7 @@ def test_openbsd_full_run_ends_with_the_imap_login_finding_the_test_message(open
 
 def test_openbsd_clients_not_ours_tls_accepted_plaintext_refused(openbsd):
     host = openbsd["host"]
-    context = dv.pinned_context(as_root(host, "cat /etc/ssl/dovecotcert.pem"))
+    context = tls.pinned_context(as_root(host, "cat /etc/ssl/dovecotcert.pem"))
     with imaplib.IMAP4_SSL(host["address"], 993, ssl_context=context, timeout=10) as c:
         assert c.login(host["mail_user"], password(host))[0] == "OK"
         assert c.select("INBOX", readonly=True)[0] == "OK"

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from stagefakes import Stage
 
-from runbook import facts
-from runbook.facts import Fact
+from runbook.ops import facts
+from runbook.ops.facts import Fact
 
 
 def run_locally(fact_list: list[Fact], token="@@fact-test") -> list[tuple[str, int]]:

@@ -14,10 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sshserver import ssh_server
 
-from runbook import files
 from runbook.audit import Audit
 from runbook.errors import CommandFailed, TargetError
-from runbook.files import (
+from runbook.remote import files
+from runbook.remote.files import (
     backed_up_paths,
     backup_name,
     file_stat,
@@ -27,7 +27,7 @@ from runbook.files import (
     restore_run,
     write_file,
 )
-from runbook.target import Target
+from runbook.remote.target import Target
 
 OLD = b"myhostname = old.example\n# caf\xe9 in latin-1\ntail without newline"
 BLOB = bytes(range(256)) + OLD

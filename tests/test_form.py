@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from runbook import params as model
-from runbook.form import Form, ListEditor, MappingEditor
+from runbook.interactive.form import Form, ListEditor, MappingEditor
 
 PROJECT = Path(__file__).resolve().parent.parent
 BAD_DOMAIN = "example.com; touch /tmp/x"

@@ -18,9 +18,10 @@ import pytest
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
-from runbook import interactive, session
 from runbook.audit import Audit, verify
 from runbook.errors import ParamsError
+from runbook.interactive import approval as interactive
+from runbook.interactive import session
 
 PROJECT = Path(__file__).resolve().parent.parent
 WIDGET = "application/vnd.jupyter.widget-view+json"

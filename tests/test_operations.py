@@ -10,13 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from stagefakes import Stage, install_files
 
-from runbook import facts, operations, postfix
 from runbook.errors import CommandFailed
-from runbook.operations import (
-    OperationFailed,
-    Plan,
-    Run,
-    Write,
+from runbook.ops import facts, operations
+from runbook.ops.edits import (
     comment_out,
     get_shell_var,
     merge_words,
@@ -26,6 +22,8 @@ from runbook.operations import (
     set_main_cf,
     set_shell_var,
 )
+from runbook.ops.operations import OperationFailed, Plan, Run, Write
+from runbook.services import postfix
 
 # --- text transforms -------------------------------------------------------------------------
 
@@ -204,7 +202,7 @@ def test_declined_approval_skips(monkeypatch):
     async def decline(stage, plan):
         return False
 
-    from runbook import interactive
+    from runbook.interactive import approval as interactive
     monkeypatch.setattr(interactive, "approve", decline)
     assert run(_planned(stage, _plan())).status == "skipped"
     assert files.writes == [] and stage.commands == []
@@ -363,7 +361,7 @@ def test_review_mynetworks_fails_when_wider_than_the_parameters(monkeypatch):
 # --- rc.conf.local as rcctl writes it; files kept before a command rewrites them -------------
 
 def test_rcctl_edit_follows_rcctl_sh():
-    from runbook.operations import rcctl_edit
+    from runbook.ops.edits import rcctl_edit
 
     text = rcctl_edit(None, "disable", "smtpd", base=True)
     assert text == "smtpd_flags=NO\n"
@@ -386,7 +384,7 @@ def test_set_shell_var_quoted_as_the_guide_writes_pkg_scripts():
 
 
 def test_keep_backs_the_file_up_before_a_command_rewrites_it(monkeypatch):
-    from runbook.operations import Keep
+    from runbook.ops.operations import Keep
 
     files = install_files(monkeypatch)
     kept = []

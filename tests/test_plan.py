@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runbook import params, plan, target
+from runbook import params
 from runbook.cli import main as cli_main
+from runbook.remote import target
+from runbook.run import plan
 
 PROJECT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"

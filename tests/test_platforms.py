@@ -7,9 +7,11 @@ import asyncio
 import pytest
 from stagefakes import Stage, install_files
 
-from runbook import facts, platforms, postfix
-from runbook.operations import OperationFailed
+from runbook import platforms
+from runbook.ops import facts
+from runbook.ops.operations import OperationFailed
 from runbook.platforms import UnsupportedPlatform
+from runbook.services import postfix
 
 DEBIAN_OS_RELEASE = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
 

@@ -4,8 +4,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from runbook import preflight, stages
 from runbook.errors import RunbookError
+from runbook.run import manifest as stages
+from runbook.services import preflight
 
 DEBIAN_SURVEY = """\
 @@ clock

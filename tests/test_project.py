@@ -11,7 +11,8 @@ import jupytext
 import pytest
 import yaml
 
-from runbook import params, stages
+from runbook import params
+from runbook.run import manifest as stages
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 from labrun import operations, ssh
 
-from runbook import lab, params, plan, runner
-from runbook.operations import Keep, Write
+from runbook import lab, params
+from runbook.ops.operations import Keep, Write
+from runbook.run import plan, runner
 
 pytestmark = pytest.mark.lab
 

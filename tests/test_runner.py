@@ -12,10 +12,11 @@ import nbformat
 import pytest
 import yaml
 
-from runbook import audit, runner
+from runbook import audit
 from runbook import params as params_model
 from runbook.errors import AuditError, HostKeyChanged, HostUnreachable, ParamsError
-from runbook.lock import TargetBusy, TargetLock
+from runbook.remote.lock import TargetBusy, TargetLock
+from runbook.run import runner
 
 pytestmark = pytest.mark.lab
 

@@ -16,7 +16,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sshserver import HOST, known_hosts_line, ssh_server
 
-from runbook import target as target_mod
 from runbook.audit import Audit
 from runbook.errors import (
     AuthenticationRefused,
@@ -27,7 +26,8 @@ from runbook.errors import (
     HostUnreachable,
     PrivilegeRefused,
 )
-from runbook.target import Target, q
+from runbook.remote import target as target_mod
+from runbook.remote.target import Target, q
 
 
 @contextlib.asynccontextmanager

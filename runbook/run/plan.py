@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import facts, platforms
-from . import params as params_model
-from . import stages as stage_manifest
-from .errors import RunbookError
-from .operations import Keep, NeedsHost, Planned, Run, Write, planned, unified_diff
+from runbook import params as params_model
+from runbook import platforms
+from runbook.errors import RunbookError
+from runbook.ops import facts
+from runbook.ops.operations import Keep, NeedsHost, Planned, Run, Write, planned, unified_diff
+from runbook.run import manifest as stage_manifest
 
 PLAN_RUN_ID = "plan"
 
@@ -66,7 +67,7 @@ class OfflineTarget:
 
 @dataclass
 class OfflineStage:
-    """What `runbook.stage.begin` returns while a plan is made: a Stage without a host."""
+    """What `runbook.run.stage.begin` returns while a plan is made: a Stage without a host."""
 
     name: str
     params: params_model.Params
@@ -176,8 +177,8 @@ async def _plan_stage(info, params, profile, host) -> StagePlan:
 
 @contextlib.contextmanager
 def _offline_begin(begin):
-    """The notebooks' `from runbook.stage import begin, end` get the offline versions."""
-    from . import stage as stage_module
+    """The notebooks' `from runbook.run.stage import begin, end` get the offline versions."""
+    from runbook.run import stage as stage_module
 
     saved = stage_module.begin, stage_module.end
     stage_module.begin, stage_module.end = begin, lambda _stage: None

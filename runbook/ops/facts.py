@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from shlex import quote as q
 from typing import Any
 
-from .errors import RunbookError
+from runbook.errors import RunbookError
 
 
 class FactError(RunbookError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from shlex import quote as q
 
-from .operations import Outcome, record
+from runbook.ops.operations import Outcome, record
 
 # Settings the runbook manages; any other non-default main.cf setting is reported.
 MANAGED = {

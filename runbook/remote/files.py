@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from runbook.audit import Audit
 from runbook.errors import CommandFailed, TargetError
-from runbook.target import Target, q
+from runbook.remote.target import Target, q
 
 BACKUP_ROOT = "/var/backups/mail-runbook"
 BASELINE = "baseline"

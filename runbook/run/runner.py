@@ -30,13 +30,13 @@ import papermill
 from jupyter_client.manager import KernelManager
 from papermill.exceptions import PapermillExecutionError
 
-from . import engine
-from . import params as params_model
-from . import stages as stage_manifest
-from .audit import read_run_json, update_run_json
-from .errors import RunbookError
-from .lock import TargetLock
-from .stage import PROJECT, run_name
+from runbook import params as params_model
+from runbook.audit import read_run_json, update_run_json
+from runbook.errors import RunbookError
+from runbook.remote.lock import TargetLock
+from runbook.run import engine
+from runbook.run import manifest as stage_manifest
+from runbook.run.stage import PROJECT, run_name
 
 CELL_TIMEOUT = 1800  # s; remote commands carry their own, shorter timeouts
 TOOLS = ("mail-runbook", "papermill", "asyncssh", "ipykernel", "pydantic", "nbclient")

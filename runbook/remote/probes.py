@@ -1,5 +1,6 @@
 """Talking to the mail server as a client does, and reading what it wrote.
 
+- `LineClient`: what every line-based client here shares (SMTP; IMAP and POP3 in imap.py).
 - `SMTP`: a small SMTP client over any asyncio-style (reader, writer) pair: the SSH
   tunnel's (a session from the server itself, as the guide's telnet) or a direct TCP
   connection from this machine (the open-relay probe). Every line is kept in a transcript.
@@ -16,8 +17,9 @@ import email.policy
 import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from typing import ClassVar
 
-from .errors import RunbookError
+from runbook.errors import RunbookError
 
 TIMEOUT = 15.0  # seconds for any one SMTP reply
 RELAY_REFUSED = (454, 554)
@@ -38,23 +40,46 @@ class Reply:
 
 
 @dataclass
-class SMTP:
-    """One SMTP conversation; `transcript` holds every line, C: ours and S: the server's."""
+class LineClient:
+    """A line-based conversation with a server (SMTP, IMAP, POP3): `transcript` holds every
+    line, C: ours and S: the server's, and every read is bounded by `timeout`."""
 
     reader: object
     writer: object
     timeout: float = TIMEOUT
     transcript: list[str] = field(default_factory=list)
+    error: ClassVar[type[Exception]] = ProbeFailed
+
+    async def read_line(self) -> str:
+        raw = await asyncio.wait_for(self.reader.readline(), self.timeout)
+        if not raw:
+            raise self.error("the server closed the connection\n" + self.shown())
+        line = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+        line = line.rstrip("\r\n")
+        self.transcript.append(f"S: {line}")
+        return line
+
+    async def read_exactly(self, size: int) -> str:
+        data = await asyncio.wait_for(self.reader.readexactly(size), self.timeout)
+        return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+
+    async def send(self, line: str, *, shown: str | None = None) -> None:
+        self.transcript.append(f"C: {shown if shown is not None else line}")
+        self.writer.write((line + "\r\n").encode())
+        await self.writer.drain()
+
+    def shown(self) -> str:
+        return "\n".join(self.transcript)
+
+
+@dataclass
+class SMTP(LineClient):
+    """One SMTP conversation."""
 
     async def reply(self) -> Reply:
         lines = []
         while True:
-            raw = await asyncio.wait_for(self.reader.readline(), self.timeout)
-            if not raw:
-                raise ProbeFailed("the server closed the connection\n" + self.shown())
-            line = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
-            line = line.rstrip("\r\n")
-            self.transcript.append(f"S: {line}")
+            line = await self.read_line()
             lines.append(line)
             if len(line) < 4 or line[3] != "-":
                 break
@@ -62,11 +87,6 @@ class SMTP:
         if not code.isdigit():
             raise ProbeFailed(f"not an SMTP reply: {lines[-1]!r}\n" + self.shown())
         return Reply(int(code), lines)
-
-    async def send(self, line: str, *, shown: str | None = None) -> None:
-        self.transcript.append(f"C: {shown if shown is not None else line}")
-        self.writer.write((line + "\r\n").encode())
-        await self.writer.drain()
 
     async def command(self, line: str, expect: tuple[int, ...] = ()) -> Reply:
         await self.send(line)
@@ -93,9 +113,6 @@ class SMTP:
         with contextlib.suppress(ProbeFailed, OSError, TimeoutError):
             await self.command("QUIT")
         self.writer.close()
-
-    def shown(self) -> str:
-        return "\n".join(self.transcript)
 
 
 def queue_id(reply: Reply) -> str:

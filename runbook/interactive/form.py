@@ -22,10 +22,10 @@ import yaml
 from pydantic.fields import FieldInfo
 from traitlets import TraitError
 
-from . import params as model
-from .errors import ParamsError
+from runbook import params as model
+from runbook.errors import ParamsError
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SECRETS_NOTE = (
     "No secrets in this form or in params files. The SSH key comes from the agent "

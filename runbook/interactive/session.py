@@ -27,11 +27,11 @@ import nbformat
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from . import params as model
-from .audit import update_run_json
-from .errors import RunbookError
+from runbook import params as model
+from runbook.audit import update_run_json
+from runbook.errors import RunbookError
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 RUNS = PROJECT / "runs"
 NOTEBOOKS = PROJECT / "notebooks"
 START = "start.ipynb"
@@ -217,7 +217,7 @@ def serve(params_file: str | Path | None = None, port: int = 8888) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m runbook.session`: what `runbook session` does."""
+    """`python -m runbook.interactive.session`: what `runbook session` does."""
     parser = argparse.ArgumentParser(prog="runbook session", description=serve.__doc__)
     parser.add_argument("--params", type=Path, help="prepare the stage notebooks for this file")
     parser.add_argument("--port", type=int, default=8888, help="port (another if taken)")

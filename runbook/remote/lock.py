@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from .errors import RunbookError
-from .target import Target, q
+from runbook.errors import RunbookError
+from runbook.remote.target import Target, q
 
 LOCK_DIR = "/var/run/mail-runbook.lock"
 BUSY = 75  # EX_TEMPFAIL

@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from . import params as params_model
-from .audit import Audit
-from .errors import RunbookError
-from .target import Target
+from runbook import params as params_model
+from runbook.audit import Audit
+from runbook.errors import RunbookError
+from runbook.remote.target import Target
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 MODES = ("batch", "interactive")
 
 # One open connection per target for the life of the kernel: the runner executes all
@@ -84,11 +84,11 @@ async def begin(
     target = await _connect(params.target, audit, name)
     stage = Stage(name, params, target, audit, run_dir, mode, bool(dry_run))
     if stage.interactive:
-        from .interactive import Progress  # widgets stay out of batch runs
-        from .stages import find
+        from runbook.interactive.approval import Progress  # widgets stay out of batch runs
+        from runbook.run.manifest import find
 
         stage.progress = Progress(stage, find(name).step_count)
-    from .platforms import detect  # platforms builds on stage's types
+    from runbook.platforms import detect  # platforms builds on stage's types
 
     stage.platform = await detect(stage)
     return stage
@@ -114,6 +114,8 @@ def end(stage: Stage) -> None:
     duration = round(time.monotonic() - stage.started, 3)
     status = "failed" if counts["failed"] else "ok"
     stage.audit.record("stage", event="end", status=status, duration=duration, counts=counts)
-    from .interactive import show_summary  # widgets stay out of the stage's import path
+    from runbook.interactive.approval import (
+        show_summary,  # widgets stay out of the stage's import path
+    )
 
     show_summary(stage)
