@@ -216,6 +216,8 @@ class Field:
             f'<div style="color:#c00">{html.escape(m)}</div>' for m in messages or [])
 
 
+# Over the ~150-line mark on purpose: one widget tree with its load, check and save bars,
+# which share the fields and the message line.
 class Form:
     """The whole form: one Field per model field, load, validate and save."""
 

@@ -16,22 +16,18 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from signal import Signals
 
 import asyncssh
 
 from runbook.audit import Audit, now
 from runbook.errors import (
-    AuthenticationRefused,
     CommandFailed,
     CommandTimeout,
-    HostKeyChanged,
-    HostKeyUnknown,
-    HostUnreachable,
     PrivilegeRefused,
     TargetError,
 )
+from runbook.remote import ssh
 
 q = shlex.quote
 PID_MARK = "__mail_runbook_pid__"
@@ -158,49 +154,10 @@ class _Job(asyncssh.SSHClientSession):
         return Result(command, self.exit_status, self.out.text, self.err.text, duration, start)
 
 
-class _HostKeyCheck(asyncssh.SSHClient):
-    """Called by asyncssh only for a key not trusted by known_hosts: unknown or changed?"""
-
-    def __init__(self, known_hosts: Path, policy: str):
-        self.known_hosts, self.policy = known_hosts, policy
-        self.refused: str | None = None
-        self.fingerprint = ""
-
-    def validate_host_public_key(self, host, addr, port, key) -> bool:
-        self.fingerprint = key.get_fingerprint("sha256")
-        if _has_keys(self.known_hosts, host, addr, port):
-            self.refused = "changed"  # never accepted, whatever the policy
-            return False
-        if self.policy != "accept-new":
-            self.refused = "unknown"
-            return False
-        _remember(self.known_hosts, host, port, key)
-        return True
-
-
-def _pattern(host: str, port: int) -> str:
-    return host if port == 22 else f"[{host}]:{port}"
-
-
-def _has_keys(path: Path, host: str, addr: str, port: int) -> bool:
-    if not path.exists():
-        return False
-    keys, ca_keys, *_ = asyncssh.read_known_hosts(str(path)).match(host, addr, port)
-    return bool(keys or ca_keys)
-
-
-def _remember(path: Path, host: str, port: int, key: asyncssh.SSHKey) -> None:
-    """Add a first-seen host key, as OpenSSH's StrictHostKeyChecking=accept-new does."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    old = path.read_bytes() if path.exists() else b""
-    lead = b"\n" if old and not old.endswith(b"\n") else b""
-    line = f"{_pattern(host, port)} {key.export_public_key().decode().strip()}\n"
-    with open(path, "ab") as f:
-        f.write(lead + line.encode())
-
-
+# Over the ~150-line mark on purpose: `run` and what it needs (kill on timeout, the audit
+# record, the error for each way a command fails) are the one path every remote command takes.
 class Target:
-    """An open SSH session to one host; see `connect`."""
+    """An open SSH session to one host; see `connect` (opened by ssh.py)."""
 
     def __init__(self, conn, params, audit: Audit | None, stage: str | None):
         self.conn, self.params, self.audit, self.stage = conn, params, audit, stage
@@ -213,46 +170,7 @@ class Target:
     @classmethod
     async def connect(cls, params, audit: Audit | None, *, stage: str | None = None) -> "Target":
         """Open the session; each refusal is one RunbookError naming the host and what to do."""
-        dest = f"{params.user}@{params.host}:{params.port}"
-        known = Path(params.known_hosts or "~/.ssh/known_hosts").expanduser()
-        client = _HostKeyCheck(known, params.host_key_policy)
-        options = {
-            "port": params.port,
-            "username": params.user,
-            # Never None (that disables checking); a missing file means nothing is known yet.
-            "known_hosts": str(known) if known.exists() else asyncssh.SSHKnownHosts(),
-            "connect_timeout": params.connect_timeout,
-            "client_factory": lambda: client,
-        }
-        if params.key_file:
-            if not Path(params.key_file).expanduser().exists():
-                raise AuthenticationRefused(f"{dest}: key_file {params.key_file} does not exist")
-            options["client_keys"] = [str(Path(params.key_file).expanduser())]
-        if not params.use_agent:
-            options["agent_path"] = None
-        try:
-            conn = await asyncssh.connect(params.host, **options)
-        except asyncssh.HostKeyNotVerifiable as exc:
-            raise _host_key_error(dest, params, known, client, exc) from None
-        except asyncssh.PermissionDenied:
-            raise AuthenticationRefused(
-                f"{dest} refused authentication — check target.user, target.key_file "
-                f"({params.key_file or 'none'}) or the agent, and that the public key is in "
-                f"that user's ~/.ssh/authorized_keys on {params.host}"
-            ) from None
-        except TimeoutError:
-            raise HostUnreachable(
-                f"cannot reach {dest}: no SSH answer within {params.connect_timeout} s — check "
-                "target.host and target.port, that sshd runs there, and any firewall"
-            ) from None
-        except OSError as exc:
-            raise HostUnreachable(
-                f"cannot reach {dest}: {exc.strerror or exc} — "
-                "check target.host and target.port, and that sshd runs there"
-            ) from None
-        except asyncssh.Error as exc:
-            raise TargetError(f"{dest}: the SSH handshake failed: {exc.reason}") from None
-        return cls(conn, params, audit, stage)
+        return cls(await ssh.open_session(params), params, audit, stage)
 
     async def __aenter__(self) -> "Target":
         return self
@@ -400,21 +318,3 @@ class Target:
         the target; returns (listener, local_port). Close the listener when done."""
         listener = await self.conn.forward_local_port("127.0.0.1", 0, remote_host, remote_port)
         return listener, listener.get_port()
-
-
-def _host_key_error(dest, params, known: Path, client: _HostKeyCheck, exc) -> TargetError:
-    fp = client.fingerprint or "unknown fingerprint"
-    if client.refused == "unknown":
-        return HostKeyUnknown(
-            f"{dest}: host key {fp} of {params.host} is not in {known} — check that "
-            "fingerprint with the host's administrator and add the key (`ssh-keyscan -p "
-            f"{params.port} {params.host} >> {known}`), or set target.host_key_policy: "
-            "accept-new for a first contact"
-        )
-    reason = "" if client.refused else f" ({exc.reason})"
-    return HostKeyChanged(
-        f"{dest}: the key of {params.host} ({fp}) differs from the one in {known}{reason} — "
-        "if the host was reinstalled, remove its line with "
-        f"`ssh-keygen -R {q(_pattern(params.host, params.port))} -f {known}`; "
-        "otherwise do not connect"
-    )
