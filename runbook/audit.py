@@ -172,32 +172,35 @@ class Audit:
         return record
 
 
+def _command_summary(r: dict) -> str:
+    if r.get("timed_out") is not None:
+        end = f"timed out after {r['timed_out']} s"
+    else:
+        end = f"exit {r.get('exit_status')}, {r.get('duration', 0):.2f} s"
+    return f"$ {r.get('command')}  ({end})"
+
+
+_SUMMARIES = {  # record type -> its one readable line
+    "command": _command_summary,
+    "operation": lambda r: f"[{r.get('status')}] {r.get('name')}"
+                           + (f" — {r['detail']}" if r.get("detail") else ""),
+    "file_write": lambda r: f"wrote {r.get('path')} "
+                            f"(backup: {r.get('backup') or 'none, file was new'})",
+    "restore": lambda r: f"restored {r.get('path')} from {r.get('backup') or 'absent (removed)'}",
+    "probe": lambda r: f"probe {r.get('protocol')} on {r.get('host')}",
+    "approval": lambda r: f"approval {r.get('name')}: {r.get('decision')}",
+    "stage": lambda r: f"stage {r.get('stage')} {r.get('event')}"
+                       + (f" ({r['status']})" if r.get("status") else ""),
+    "note": lambda r: f"note: {r.get('text', '')}",
+}
+
+
 def summary(record: dict) -> str:
     """One readable line for a record."""
-    kind, r = record.get("type"), record
-    if kind == "command":
-        if r.get("timed_out") is not None:
-            end = f"timed out after {r['timed_out']} s"
-        else:
-            end = f"exit {r.get('exit_status')}, {r.get('duration', 0):.2f} s"
-        return f"$ {r.get('command')}  ({end})"
-    if kind == "operation":
-        detail = f" — {r['detail']}" if r.get("detail") else ""
-        return f"[{r.get('status')}] {r.get('name')}{detail}"
-    if kind == "file_write":
-        return f"wrote {r.get('path')} (backup: {r.get('backup') or 'none, file was new'})"
-    if kind == "restore":
-        return f"restored {r.get('path')} from {r.get('backup') or 'absent (removed)'}"
-    if kind == "probe":
-        return f"probe {r.get('protocol')} on {r.get('host')}"
-    if kind == "approval":
-        return f"approval {r.get('name')}: {r.get('decision')}"
-    if kind == "stage":
-        status = f" ({r['status']})" if r.get("status") else ""
-        return f"stage {r.get('stage')} {r.get('event')}{status}"
-    if kind == "note":
-        return f"note: {r.get('text', '')}"
-    return f"{kind}: " + ", ".join(f"{k}={v}" for k, v in r.items() if k not in RESERVED)
+    kind = record.get("type")
+    if kind in _SUMMARIES:
+        return _SUMMARIES[kind](record)
+    return f"{kind}: " + ", ".join(f"{k}={v}" for k, v in record.items() if k not in RESERVED)
 
 
 def _in_kernel() -> bool:

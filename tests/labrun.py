@@ -74,3 +74,15 @@ def ssh(host: dict, command: str, *, check: bool = True) -> str:
         raise AssertionError(f"{command!r} on {host['name']} exited {result.returncode}: "
                              f"{result.stderr}")
     return result.stdout
+
+
+def listening_after_reboot(host: dict, port: int, process: str) -> str:
+    """Reboot the lab host, then wait (bounded) until `process` listens on `port` again;
+    returns what `ss` shows for that port."""
+    lab.reboot(host["name"])
+    for _ in range(100):
+        sockets = ssh(host, f"ss -Hltnp 'sport = :{port}'", check=False)
+        if process in sockets:
+            break
+        time.sleep(0.1)
+    return sockets

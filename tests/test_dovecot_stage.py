@@ -22,13 +22,12 @@ import shlex
 import socket
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
 import labrun
 import pytest
 import yaml
-from labrun import audit, module_host, ssh
+from labrun import audit, listening_after_reboot, module_host, ssh
 
 from runbook import lab
 from runbook.services.dovecot import tls
@@ -194,12 +193,7 @@ def test_a_failed_check_puts_the_config_back_byte_for_byte(host, params, first_r
 
 
 def test_dovecot_listens_again_after_a_reboot(host, params, first_run, tmp_path):
-    lab.reboot(host["name"])
-    for _ in range(100):
-        sockets = ssh(host, "ss -Hltnp 'sport = :993'", check=False)
-        if "dovecot" in sockets:
-            break
-        time.sleep(0.1)
+    sockets = listening_after_reboot(host, 993, "dovecot")
     assert f"{host['address']}:993" in sockets and "dovecot" in sockets, sockets
     assert operations(run(tmp_path, params, ["70-dovecot"]), "changed") == []
 

@@ -18,9 +18,7 @@ from pathlib import Path
 import labrun
 import pytest
 import yaml
-from labrun import audit, module_host, operations, ssh
-
-from runbook import lab
+from labrun import audit, listening_after_reboot, module_host, operations, ssh
 
 pytestmark = pytest.mark.lab
 
@@ -170,12 +168,7 @@ def test_failure_inside_a_stage_restores_what_it_edited(host, first_run, tmp_pat
 
 
 def test_postfix_listens_again_after_a_reboot(host, first_run, tmp_path):
-    lab.reboot(host["name"])
-    for _ in range(100):
-        sockets = ssh(host, "ss -Hltnp 'sport = :25'", check=False)
-        if "master" in sockets:
-            break
-        time.sleep(0.1)
+    sockets = listening_after_reboot(host, 25, "master")
     assert f"{host['address']}:25" in sockets and "master" in sockets, sockets
     assert operations(run(host, tmp_path, ["40-start", "50-validate"]), "changed") == []
 

@@ -30,6 +30,7 @@ from papermill.parameterize import parameterize_notebook
 from runbook import params as model
 from runbook.audit import update_run_json
 from runbook.errors import RunbookError
+from runbook.run.stage import unused_folder
 
 PROJECT = Path(__file__).resolve().parents[2]
 RUNS = PROJECT / "runs"
@@ -45,7 +46,7 @@ def create(params_file: str | Path | None = None, *, runs: Path = RUNS,
     parameterized for its host, in interactive mode, recording into the session folder.
     """
     params = model.load(params_file) if params_file else None
-    folder = _unused(runs / f"session-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+    folder = unused_folder(runs / f"session-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
     folder.mkdir(parents=True)
     for source in sorted(Path(notebooks).glob("*.ipynb")):
         if params is not None and source.name[:2].isdigit():
@@ -72,14 +73,6 @@ def _clean(nb):
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     return nb
-
-
-def _unused(path: Path) -> Path:
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    return candidate
 
 
 def offer(form, runs: Path = RUNS) -> None:

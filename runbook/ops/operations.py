@@ -331,6 +331,18 @@ def operation(name: str, *, undo_run_on_failure: bool = False,
     return decorate
 
 
+def platform_step(name: str, method: str, **options):
+    """An operation that is wholly the platform's: a guide step whose commands differ per
+    system, planned by `stage.platform.<method>(stage)` (see runbook/platforms/)."""
+
+    async def step(stage) -> Plan:
+        return await getattr(stage.platform, method)(stage)
+
+    step.__name__ = step.__qualname__ = method
+    step.__doc__ = f"{name}: planned by the platform profile's `{method}`."
+    return operation(name, **options)(step)
+
+
 # --- plans made without connecting -----------------------------------------------------------
 
 @dataclass

@@ -224,7 +224,6 @@ class Profile(DovecotContract):
         raise NotImplementedError
 
 
-
 def dovecot_detached(command: str) -> str:
     """`command` with its stdio off the SSH channel: a daemon started over SSH that keeps
     the channel's stdout open holds the session until it exits. Its output is shown

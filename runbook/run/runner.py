@@ -36,7 +36,7 @@ from runbook.errors import RunbookError
 from runbook.remote.lock import TargetLock
 from runbook.run import engine
 from runbook.run import manifest as stage_manifest
-from runbook.run.stage import PROJECT, run_name
+from runbook.run.stage import PROJECT, run_name, unused_folder
 
 CELL_TIMEOUT = 1800  # s; remote commands carry their own, shorter timeouts
 TOOLS = ("mail-runbook", "papermill", "asyncssh", "ipykernel", "pydantic", "nbclient")
@@ -78,7 +78,7 @@ def run(
     host = params.target.host
     if start and run_dir is None:
         run_dir = latest_run(runs_root, host)
-    run_dir = run_dir or _unused(runs_root / run_name(host))
+    run_dir = run_dir or unused_folder(runs_root / run_name(host))
     progress = Progress(len(selected), echo)
     # The lock connects first: an unreachable host or a refused key leaves no run folder.
     with TargetLock(params.target, run_dir.name):
@@ -147,15 +147,6 @@ def latest_run(runs_root: Path, host: str) -> Path:
             "start a new run without --from"
         )
     return candidates[-1]
-
-
-def _unused(path: Path) -> Path:
-    """Two runs started in the same second get distinct folders."""
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    return candidate
 
 
 def _counts(counter: Counter) -> dict:

@@ -61,6 +61,16 @@ def run_name(host: str) -> str:
     return f"{stamp}-{re.sub(r'[^A-Za-z0-9.:-]', '_', host)}"
 
 
+def unused_folder(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`, …: two runs started in the same second get distinct
+    folders."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 def validate(**sections: Any) -> params_model.Params:
     """Validate the notebook's parameters with the model; refuses before any connection."""
     return params_model.validate("notebook parameters", **sections)

@@ -59,8 +59,6 @@ def parse_dpkg_status(text: str) -> dict[str, bool]:
     return found
 
 
-
-
 class DebianPackages:
     """G1 and G2 the Debian way (mixed into `Debian`)."""
 

@@ -102,13 +102,7 @@ class DovecotOnOpenBSD:
                 lambda value: merge_words(value, "dovecot"), quoted=True,
                 why="/etc/rc starts the package scripts listed here, in order (dovecot "
                     "after postfix)")
-        on = await facts.read_one(stage, self.enabled())
-        plan = Plan("Dovecot at boot",
-                    found=f"dovecot is {'enabled' if 'dovecot' in on else 'not enabled'}")
-        if "dovecot" not in on:
-            plan.steps = self._rcctl("enable", "dovecot", base=False,
-                                     why="dovecot joins pkg_scripts: it starts at boot")
-        return plan
+        return await self.package_on_at_boot(stage, "Dovecot at boot", "dovecot")
 
     def dovecot_service(self, action: str) -> Run:
         command = (f"rcctl {q(action)} dovecot" if self._dovecot_rcctl

@@ -76,12 +76,15 @@ class OpenBSDRcctl(OpenBSD):
         return Plan("system logger re-reads its configuration", skip=SENDSYSLOG)
 
     async def postfix_on_at_boot(self, stage) -> Plan:
+        return await self.package_on_at_boot(stage, "Postfix on at boot", "postfix")
+
+    async def package_on_at_boot(self, stage, name: str, daemon: str) -> Plan:
+        """`rcctl enable` a package's daemon unless `rcctl ls on` lists it already."""
         on = await facts.read_one(stage, self.enabled())
-        plan = Plan("Postfix on at boot",
-                    found=f"postfix is {'enabled' if 'postfix' in on else 'not enabled'}")
-        if "postfix" not in on:
-            plan.steps = self._rcctl("enable", "postfix", base=False,
-                                     why="postfix joins pkg_scripts: it starts at boot")
+        plan = Plan(name, found=f"{daemon} is {'enabled' if daemon in on else 'not enabled'}")
+        if daemon not in on:
+            plan.steps = self._rcctl("enable", daemon, base=False,
+                                     why=f"{daemon} joins pkg_scripts: it starts at boot")
         return plan
 
     async def stop_previous_mta(self, stage) -> Plan:

@@ -26,11 +26,7 @@ is in the profile's `dovecot_*` members (runbook/platforms/). The IMAP and POP3 
 in runbook/remote/imap.py.
 """
 
-from runbook.services.dovecot.login import (
-    imap_login,
-    pop3_login,
-    probe_plaintext_refused,
-)
+from runbook.services.dovecot.login import imap_login, pop3_login, probe_plaintext_refused
 from runbook.services.dovecot.setup import (
     check_config,
     check_delivery,
@@ -43,9 +39,7 @@ from runbook.services.dovecot.setup import (
     stop_for_rollback,
     verify_listening,
 )
-from runbook.services.dovecot.tls import (
-    ensure_certificate,
-)
+from runbook.services.dovecot.tls import ensure_certificate
 
 __all__ = [
     "check_config",

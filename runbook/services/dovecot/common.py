@@ -137,7 +137,6 @@ async def delivery_values(stage) -> dict[str, str] | None:
     return values
 
 
-
 def described(describe):
     """A describer that says "skipped" when Dovecot is not wanted."""
     @functools.wraps(describe)

@@ -36,9 +36,7 @@ from runbook.services.dovecot.common import (
     scratch,
     when_wanted,
 )
-from runbook.services.dovecot.tls import (
-    tls_via_ssh,
-)
+from runbook.services.dovecot.tls import tls_via_ssh
 from runbook.services.dovecot.wanted import (
     CHECKED,
     PORTS,
@@ -108,7 +106,6 @@ def _describe_probe(stage) -> list[str]:
             "(LOGINDISABLED, NO [PRIVACYREQUIRED])"]
 
 
-
 def test_password(params) -> str:
     """The test recipient's password, read now on this machine (never a parameter)."""
     d = params.dovecot
@@ -140,6 +137,13 @@ def keep_secret(stage, password: str) -> None:
     stage.audit.add_secret(quoted(password)[1:-1])
 
 
+def _credentials(stage) -> tuple[str, str]:
+    """The test recipient and its password, read now and masked in every record."""
+    password = test_password(stage.params)
+    keep_secret(stage, password)
+    return stage.params.postfix.test_recipient, password
+
+
 def _skip_verification(stage) -> str:
     if disabled(stage):
         return disabled(stage)
@@ -164,9 +168,7 @@ async def imap_login(stage) -> Outcome:
     if skip := _skip_verification(stage):
         return Outcome("", "skipped", skip)
     params = stage.params
-    user = params.postfix.test_recipient
-    password = test_password(params)
-    keep_secret(stage, password)
+    user, password = _credentials(stage)
     port = PORTS["imap"][1]
     imap = None
     try:
@@ -226,9 +228,7 @@ async def pop3_login(stage) -> Outcome:
     if skip := _skip_verification(stage):
         return Outcome("", "skipped", skip)
     params = stage.params
-    user = params.postfix.test_recipient
-    password = test_password(params)
-    keep_secret(stage, password)
+    user, password = _credentials(stage)
     port = PORTS["pop3"][1]
     pop = None
     run = f"test of run {stage.run_id}"

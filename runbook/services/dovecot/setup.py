@@ -26,9 +26,7 @@ from runbook.services.dovecot.common import (
     when_wanted,
 )
 from runbook.services.dovecot.login import keep_secret, test_password
-from runbook.services.dovecot.tls import (
-    certificate_fact,
-)
+from runbook.services.dovecot.tls import certificate_fact
 from runbook.services.dovecot.wanted import (
     CHECKED,
     DELIVERY_SETTINGS,
@@ -82,7 +80,6 @@ def _describe_listening(stage) -> list[str]:
             f"# Dovecot's master listens on exactly {_pairs(expected)}"]
 
 
-
 @operation("G22 the test recipient's password is at hand (read here, never shown)",
            offline=_describe_password)
 @when_wanted
@@ -122,10 +119,19 @@ async def install(stage) -> Plan:
     return pending(stage, await stage.platform.dovecot_install(stage, stage.params.dovecot.pop3))
 
 
-@operation("G22 Dovecot's login class (OpenBSD package README)")
-@when_wanted
-async def ensure_login_class(stage) -> Plan:
-    return pending(stage, await stage.platform.dovecot_login_class(stage))
+def _platform_step(name: str, method: str):
+    """A step wholly the platform's (`stage.platform.<method>`), skipped when Dovecot is not
+    wanted, its would-be change noted in a dry run."""
+
+    async def step(stage) -> Plan:
+        return pending(stage, await getattr(stage.platform, method)(stage))
+
+    step.__name__ = step.__qualname__ = method
+    return operation(name)(when_wanted(step))
+
+
+ensure_login_class = _platform_step("G22 Dovecot's login class (OpenBSD package README)",
+                                    "dovecot_login_class")
 
 
 @operation("G22 Dovecot configuration: one runbook-managed file")
@@ -178,10 +184,7 @@ async def check_config(stage) -> Outcome:
     return Outcome("", "ok", detail, evidence=shown.rstrip())
 
 
-@operation("G22 Dovecot starts at boot")
-@when_wanted
-async def ensure_at_boot(stage) -> Plan:
-    return pending(stage, await stage.platform.dovecot_at_boot(stage))
+ensure_at_boot = _platform_step("G22 Dovecot starts at boot", "dovecot_at_boot")
 
 
 @operation("G22 Dovecot started (or reloaded onto a changed configuration)")
@@ -252,7 +255,6 @@ async def verify_listening(stage) -> Outcome:
 
 def _pairs(pairs) -> str:
     return ", ".join(f"{a}:{p}" for a, p in sorted(pairs))
-
 
 
 @operation("G23 Dovecot stopped and off at boot (before the files go back)")

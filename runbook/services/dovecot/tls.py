@@ -15,15 +15,8 @@ from runbook.ops import facts
 from runbook.ops.facts import Fact
 from runbook.ops.operations import OperationFailed, Plan, Run, operation
 from runbook.remote.probes import TIMEOUT
-from runbook.services.dovecot.common import (
-    pending,
-    scratch,
-    when_wanted,
-)
-from runbook.services.dovecot.wanted import (
-    certificate,
-    connect_address,
-)
+from runbook.services.dovecot.common import pending, scratch, when_wanted
+from runbook.services.dovecot.wanted import certificate, connect_address
 
 
 def fingerprint(pem: str) -> str:

@@ -27,15 +27,8 @@ from runbook.services.postfix.enable import (
     ensure_syslog_reloaded,
     ensure_system_mailer,
 )
-from runbook.services.postfix.harden import (
-    ensure_chroot_files,
-    probe_open_relay,
-    review_mynetworks,
-)
-from runbook.services.postfix.install import (
-    install,
-    publish_docs,
-)
+from runbook.services.postfix.harden import ensure_chroot_files, probe_open_relay, review_mynetworks
+from runbook.services.postfix.install import install, publish_docs
 from runbook.services.postfix.rollback import (
     postfix_off_at_boot,
     previous_mta_back,
@@ -60,11 +53,7 @@ from runbook.services.postfix.troubleshoot import (
     show_queue,
     show_settings,
 )
-from runbook.services.postfix.validate import (
-    follow_mail_log,
-    read_mailbox,
-    send_test_message,
-)
+from runbook.services.postfix.validate import follow_mail_log, read_mailbox, send_test_message
 from runbook.services.postfix.wanted import (
     expected_listeners,
     smtp_address,

@@ -17,13 +17,7 @@ from runbook.ops.operations import (
     operation,
 )
 from runbook.services.dovecot import wanted as dovecot_wanted
-from runbook.services.postfix.common import (
-    alias_facts,
-    main_cf,
-    postconf_n,
-    prefetch,
-    scratch,
-)
+from runbook.services.postfix.common import alias_facts, main_cf, postconf_n, prefetch, scratch
 from runbook.services.postfix.wanted import (
     ALIASES,
     IDENTITY,
@@ -46,8 +40,6 @@ def rebuild_aliases(stage, restored: list[str]) -> list[Run]:
                     why="the alias database follows the restored aliases file")]
     return []
 
-
-# --- 30-configure ----------------------------------------------------------------------------
 
 @operation("postconf -n before the changes",
            offline=lambda stage: [f"$ {stage.platform.postconf} -n    # shown, to compare "
@@ -81,19 +73,21 @@ async def _main_cf_plan(stage, name: str, keys: tuple[str, ...] | None = None,
     return plan
 
 
-@operation("G9 main.cf: myhostname, mydomain, myorigin, mydestination")
-async def ensure_identity(stage) -> Plan:
-    return await _main_cf_plan(stage, "G9 identity", IDENTITY)
+def _main_cf_step(name: str, title: str, keys: tuple[str, ...]):
+    """An operation setting these main.cf keys to their wanted values (and nothing else)."""
+
+    async def step(stage) -> Plan:
+        return await _main_cf_plan(stage, title, keys)
+
+    return operation(name)(step)
 
 
-@operation("main.cf: inet_interfaces (where Postfix listens)")
-async def ensure_listen_addresses(stage) -> Plan:
-    return await _main_cf_plan(stage, "inet_interfaces", LISTEN)
-
-
-@operation("G10 main.cf: mynetworks, mynetworks_style (who may relay)")
-async def ensure_trusted_networks(stage) -> Plan:
-    return await _main_cf_plan(stage, "G10 trusted networks", TRUST)
+ensure_identity = _main_cf_step(
+    "G9 main.cf: myhostname, mydomain, myorigin, mydestination", "G9 identity", IDENTITY)
+ensure_listen_addresses = _main_cf_step(
+    "main.cf: inet_interfaces (where Postfix listens)", "inet_interfaces", LISTEN)
+ensure_trusted_networks = _main_cf_step(
+    "G10 main.cf: mynetworks, mynetworks_style (who may relay)", "G10 trusted networks", TRUST)
 
 
 @operation("G11 alias database: alias_maps, alias_database, entries, postalias")
@@ -119,9 +113,9 @@ async def ensure_aliases(stage) -> Plan:
     return plan
 
 
-@operation("G12 main.cf: parent_domain_matches_subdomains set explicitly")
-async def ensure_parent_domain_matching(stage) -> Plan:
-    return await _main_cf_plan(stage, "G12 parent domain matching", PARENT)
+ensure_parent_domain_matching = _main_cf_step(
+    "G12 main.cf: parent_domain_matches_subdomains set explicitly",
+    "G12 parent domain matching", PARENT)
 
 
 @operation("main.cf: further settings (postfix.extra_settings; Maildir delivery for Dovecot)")
@@ -154,8 +148,6 @@ async def settings_diff(stage) -> Outcome:
 
 def _postconf_text(settings: dict[str, str]) -> str:
     return "".join(f"{k} = {v}\n" for k, v in settings.items())
-
-
 
 
 prefetch("30-configure", lambda stage: [postconf_n(stage), main_cf(stage), *alias_facts(stage)])

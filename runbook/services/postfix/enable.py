@@ -6,40 +6,20 @@ from shlex import quote as q
 
 from runbook.ops import facts
 from runbook.ops.edits import active_lines, comment_out
-from runbook.ops.operations import (
-    Plan,
-    Run,
-    Write,
-    operation,
-)
-from runbook.services.postfix.common import (
-    prefetch,
-)
-from runbook.services.postfix.wanted import (
-    BASELINE,
-    CRONTAB_LISTING,
-)
+from runbook.ops.operations import Plan, Run, Write, operation, platform_step
+from runbook.services.postfix.common import prefetch
+from runbook.services.postfix.wanted import BASELINE, CRONTAB_LISTING
 
-# --- 20-enable -------------------------------------------------------------------------------
+ensure_system_mailer = platform_step("G3 Postfix is the system mailer", "system_mailer")
 
-@operation("G3 Postfix is the system mailer")
-async def ensure_system_mailer(stage) -> Plan:
-    return await stage.platform.system_mailer(stage)
+ensure_previous_mta_off_at_boot = platform_step(
+    "G4 previous mail server off at boot", "previous_mta_off_at_boot")
 
 
-@operation("G4 previous mail server off at boot")
-async def ensure_previous_mta_off_at_boot(stage) -> Plan:
-    return await stage.platform.previous_mta_off_at_boot(stage)
+ensure_chroot_log_socket = platform_step(
+    "G5 log socket inside Postfix's chroot", "chroot_log_socket")
 
-
-@operation("G5 log socket inside Postfix's chroot")
-async def ensure_chroot_log_socket(stage) -> Plan:
-    return await stage.platform.chroot_log_socket(stage)
-
-
-@operation("G6 Postfix starts at boot")
-async def ensure_postfix_at_boot(stage) -> Plan:
-    return await stage.platform.postfix_on_at_boot(stage)
+ensure_postfix_at_boot = platform_step("G6 Postfix starts at boot", "postfix_on_at_boot")
 
 
 @operation("G7 previous mail server's queue runner commented out in root's crontab")
@@ -68,11 +48,8 @@ async def ensure_queue_runner_commented(stage) -> Plan:
     return plan
 
 
-@operation("G8 system logger re-reads its configuration")
-async def ensure_syslog_reloaded(stage) -> Plan:
-    return await stage.platform.syslog_reload(stage)
-
-
+ensure_syslog_reloaded = platform_step(
+    "G8 system logger re-reads its configuration", "syslog_reload")
 
 
 prefetch("20-enable", lambda stage: [stage.platform.queue_runner_crontab()])

@@ -9,13 +9,7 @@ from shlex import quote as q
 
 from runbook.ops import facts
 from runbook.ops.facts import Fact
-from runbook.ops.operations import (
-    OperationFailed,
-    Outcome,
-    Plan,
-    Run,
-    operation,
-)
+from runbook.ops.operations import OperationFailed, Outcome, Plan, Run, operation
 from runbook.remote import probes
 from runbook.remote.probes import SMTP, ProbeFailed
 from runbook.services.postfix.common import (
@@ -26,7 +20,6 @@ from runbook.services.postfix.common import (
     prefetch,
 )
 
-# --- 60-harden -------------------------------------------------------------------------------
 
 @operation("G20 files Postfix's chrooted services need, current")
 async def ensure_chroot_files(stage) -> Plan:
@@ -168,8 +161,6 @@ async def probe_open_relay(stage) -> Outcome:
 def _inside(address: str, networks) -> bool:
     ip = ipaddress.ip_address(address)
     return any(ip.version == n.version and ip in n for n in networks)
-
-
 
 
 prefetch("60-harden", lambda stage: [_chroot_copies(stage), effective(stage), master_pid(stage)])

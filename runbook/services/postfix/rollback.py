@@ -6,23 +6,11 @@ from shlex import quote as q
 
 from runbook.ops import facts
 from runbook.ops.facts import Fact
-from runbook.ops.operations import (
-    OperationFailed,
-    Outcome,
-    Plan,
-    Run,
-    operation,
-)
+from runbook.ops.operations import OperationFailed, Outcome, Plan, Run, operation, platform_step
 from runbook.remote import files
-from runbook.services.postfix.common import (
-    master_pid,
-    prefetch,
-)
+from runbook.services.postfix.common import master_pid, prefetch
 from runbook.services.postfix.configure import rebuild_aliases
-from runbook.services.postfix.wanted import (
-    BASELINE,
-    CRONTAB_LISTING,
-)
+from runbook.services.postfix.wanted import BASELINE, CRONTAB_LISTING
 
 
 def _baseline(stage) -> Fact:
@@ -71,14 +59,10 @@ async def stop_postfix_for_rollback(stage) -> Plan:
     return plan
 
 
-@operation("G23 Postfix off at boot")
-async def postfix_off_at_boot(stage) -> Plan:
-    return await stage.platform.postfix_off_at_boot(stage)
+postfix_off_at_boot = platform_step("G23 Postfix off at boot", "postfix_off_at_boot")
 
-
-@operation("G23 the system mailer as before (postfix-disable)")
-async def restore_system_mailer(stage) -> Plan:
-    return await stage.platform.restore_system_mailer(stage)
+restore_system_mailer = platform_step(
+    "G23 the system mailer as before (postfix-disable)", "restore_system_mailer")
 
 
 @operation("G23 every file the runbook edited, as before its first run")
@@ -99,9 +83,7 @@ async def restore_edited_files(stage) -> Plan:
     return plan
 
 
-@operation("G23 the previous mail server runs again")
-async def previous_mta_back(stage) -> Plan:
-    return await stage.platform.previous_mta_back(stage)
+previous_mta_back = platform_step("G23 the previous mail server runs again", "previous_mta_back")
 
 
 def _crontab_check(stage) -> str:

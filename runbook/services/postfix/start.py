@@ -7,13 +7,7 @@ from shlex import quote as q
 
 from runbook.ops import facts
 from runbook.ops.facts import Fact
-from runbook.ops.operations import (
-    OperationFailed,
-    Outcome,
-    Plan,
-    Run,
-    operation,
-)
+from runbook.ops.operations import OperationFailed, Outcome, Plan, Run, operation, platform_step
 from runbook.services.postfix.common import (
     NOT_INSTALLED,
     effective,
@@ -23,13 +17,8 @@ from runbook.services.postfix.common import (
     postfix_values,
     prefetch,
 )
-from runbook.services.postfix.wanted import (
-    differing,
-    expected_listeners,
-    wanted_settings,
-)
+from runbook.services.postfix.wanted import differing, expected_listeners, wanted_settings
 
-# --- 40-start --------------------------------------------------------------------------------
 
 @operation("G14 postfix check: no complaints", undo_run_on_failure=True,
            offline=lambda stage: [
@@ -79,9 +68,8 @@ async def review_settings(stage) -> Outcome:
     return Outcome("", "ok", detail, evidence="\n".join(lines))
 
 
-@operation("G13 previous mail server stopped", undo_run_on_failure=True)
-async def stop_previous_mta(stage) -> Plan:
-    return await stage.platform.stop_previous_mta(stage)
+stop_previous_mta = platform_step(
+    "G13 previous mail server stopped", "stop_previous_mta", undo_run_on_failure=True)
 
 
 @operation("G16 Postfix started (or reloaded onto a changed configuration)",
@@ -169,8 +157,6 @@ async def verify_listening(stage) -> Outcome:
             + (f"\nport 25 sockets seen:\n{evidence}" if evidence else ""))
     return Outcome("", "ok", f"master {pid} listens on {', '.join(sorted(ours))} port 25",
                    evidence=evidence)
-
-
 
 
 prefetch("40-start", lambda stage: [postconf_n(stage), master_pid(stage), _stale(stage),

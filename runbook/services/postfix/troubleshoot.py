@@ -5,12 +5,8 @@ from __future__ import annotations
 from shlex import quote as q
 
 from runbook.ops import facts
-from runbook.ops.operations import (
-    Outcome,
-    operation,
-)
+from runbook.ops.operations import Outcome, operation
 
-# --- 90-troubleshoot (read only) ---------------------------------------------------------------
 
 async def _show(stage, command: str, what: str) -> Outcome:
     result = await stage.run(command, check=False, stream=False)

@@ -9,11 +9,7 @@ from email.utils import format_datetime
 from shlex import quote as q
 
 from runbook.ops import facts
-from runbook.ops.operations import (
-    OperationFailed,
-    Outcome,
-    operation,
-)
+from runbook.ops.operations import OperationFailed, Outcome, operation
 from runbook.remote import probes
 from runbook.remote.probes import SMTP
 from runbook.services.dovecot import wanted as dovecot_wanted
@@ -24,13 +20,8 @@ from runbook.services.postfix.common import (
     prefetch,
     scratch,
 )
-from runbook.services.postfix.wanted import (
-    LOG_WAIT,
-    smtp_address,
-    test_address,
-)
+from runbook.services.postfix.wanted import LOG_WAIT, smtp_address, test_address
 
-# --- 50-validate -----------------------------------------------------------------------------
 
 def _describe_smtp_session(stage) -> list[str]:
     p = stage.params.postfix
@@ -162,8 +153,6 @@ def _mailbox_reads(stage, subject: str) -> list[str]:
     # the user name is validated ([a-z_][a-z0-9_.-]*), so ~user may stay unquoted
     return [f"cd ~{user}/Maildir && f=$(grep -lF -- {q('Subject: ' + subject)} new/* cur/* "
             f"2>/dev/null | tail -n 1) && echo \"From maildir:$f\" && cat \"$f\""]
-
-
 
 
 prefetch("50-validate", lambda stage: [effective(stage)])

@@ -21,7 +21,6 @@ BASELINE = f"{files.BACKUP_ROOT}/{files.BASELINE}"  # each edited file before it
 CRONTAB_LISTING = "crontab-l.root"  # in BASELINE: `crontab -l` before G7's first edit
 
 
-
 def wanted_settings(params, profile) -> dict[str, str]:
     """Every main.cf value the runbook sets, in the guide's order."""
     p = params.postfix
