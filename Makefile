@@ -53,7 +53,7 @@ demo: venv system-deps
 	$(BIN)/python -m runbook.demo
 
 notebooks: venv
-	$(BIN)/jupytext --update --set-kernel python3 --to ipynb notebooks/*.py
+	$(BIN)/jupytext --update --set-kernel python3 --to ipynb notebooks/*.md
 
 bench: venv system-deps
 	$(BIN)/python bench/run.py

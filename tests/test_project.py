@@ -58,7 +58,7 @@ def test_committed_notebooks_carry_no_outputs(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_matches_its_text_twin(path):
-    twin = path.with_suffix(".py")
+    twin = path.with_suffix(".md")
     assert twin.exists(), f"{path.name} has no jupytext twin {twin.name}"
     source = [c.source for c in jupytext.read(twin).cells]
     assert [c.source for c in jupytext.read(path).cells] == source, (
@@ -81,3 +81,68 @@ def test_stage_parameters_cell_declares_every_section(path):
     assert re.search(r"validate\(" + r",\s*".join(f"{s}={s}" for s in params.SECTIONS), after), (
         "the first cell after the parameters validates every section with the model")
     assert f'begin("{path.stem}"' in after
+
+
+# --- the layout: layers, what each may import, sizes a person can hold ----------------------
+
+PACKAGE = PROJECT / "runbook"
+# Each part of the package and the parts it may import at module level (docs/architecture.md).
+# Imports inside functions are allowed upwards only where a comment says why (widgets are
+# loaded in interactive mode only; the stage asks the platforms which profile it has).
+MAY_IMPORT = {
+    "errors": set(),
+    "params": {"errors"},
+    "audit": {"errors"},
+    "remote": {"errors", "audit"},
+    "ops": {"errors", "audit", "remote"},
+    "platforms": {"errors", "ops"},
+    "services": {"errors", "params", "audit", "remote", "ops"},
+    "run": {"errors", "params", "audit", "remote", "ops", "platforms"},
+    "interactive": {"errors", "params", "audit", "run"},
+    "lab": {"errors"},
+}
+MAY_IMPORT["cli"] = MAY_IMPORT["demo"] = set(MAY_IMPORT)  # the entry points: anything
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "runbook"
+
+
+def _module_imports(path: Path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("runbook"):
+            found |= ({f"runbook.{a.name}" for a in node.names} if node.module == "runbook"
+                      else {node.module})
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("runbook")}
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_each_layer_imports_only_the_layers_below(path):
+    part = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+    if part == "__init__":
+        return
+    allowed = MAY_IMPORT[part] | {part}
+    wrong = sorted(m for m in _module_imports(path) if _part(m) not in allowed)
+    assert not wrong, f"{path.relative_to(PROJECT)} imports {wrong}: {part} may import {allowed}"
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_modules_and_classes_stay_a_size_a_person_can_hold(path):
+    import ast
+
+    lines = path.read_text().splitlines()
+    assert len(lines) <= 500, f"{path.relative_to(PROJECT)} has {len(lines)} lines (at most 500)"
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno >= 150:
+            above = lines[node.lineno - 2 - len(node.decorator_list)]
+            assert "on purpose" in lines[node.lineno - 3] + above, (
+                f"{path.relative_to(PROJECT)}: class {node.name} is "
+                f"{node.end_lineno - node.lineno + 1} lines; split it, or say why above it")
