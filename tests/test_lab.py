@@ -53,7 +53,7 @@ def nspawn_processes(name: str | None = None) -> list[int]:
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, ValueError, IndexError):
             continue
-        mine = any(str(lab.HOSTS) in arg for arg in argv)
+        mine = any(str(lab.config.HOSTS) in arg for arg in argv)
         if Path(argv[0]).name == "systemd-nspawn" and mine and state != "Z" and (
                 name is None or f"--machine={name}" in argv):
             pids.append(int(proc.name))
@@ -62,7 +62,7 @@ def nspawn_processes(name: str | None = None) -> list[int]:
 
 def lab_mounts() -> list[str]:
     return [line for line in Path("/proc/mounts").read_text().splitlines()
-            if str(lab.LAB) in line]
+            if str(lab.config.LAB) in line]
 
 
 def lo_addresses() -> str:
@@ -90,11 +90,11 @@ def deb2(hosts) -> dict:
 @pytest.fixture
 def elsewhere(tmp_path, monkeypatch) -> Path:
     """Point the lab's state and cache at an empty temp dir, to see nothing is created."""
-    monkeypatch.setattr(lab, "LAB", tmp_path / "lab")
-    monkeypatch.setattr(lab, "HOSTS", tmp_path / "lab/hosts")
-    monkeypatch.setattr(lab, "KEY", tmp_path / "lab/id_ed25519")
-    monkeypatch.setattr(lab, "CACHE", tmp_path / "cache")
-    monkeypatch.setattr(lab, "DEBS", tmp_path / "cache/debs")
+    monkeypatch.setattr(lab.config, "LAB", tmp_path / "lab")
+    monkeypatch.setattr(lab.config, "HOSTS", tmp_path / "lab/hosts")
+    monkeypatch.setattr(lab.config, "KEY", tmp_path / "lab/id_ed25519")
+    monkeypatch.setattr(lab.config, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(lab.config, "DEBS", tmp_path / "cache/debs")
     return tmp_path
 
 
@@ -109,7 +109,7 @@ def test_not_root_is_refused_before_anything_is_created(elsewhere, monkeypatch):
 
 def test_missing_tools_are_named_with_their_package(elsewhere, monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr(lab, "PATH", str(elsewhere))  # a PATH where no tool is found
+    monkeypatch.setattr(lab.config, "PATH", str(elsewhere))  # a PATH where no tool is found
     with pytest.raises(LabError) as refused:
         lab.up(1, elsewhere)
     message = str(refused.value)

@@ -143,13 +143,13 @@ def test_an_openbsd_host_needs_a_release_the_lab_imitates():
 
 
 def test_openbsd_hosts_share_one_name_range_and_keep_their_release(tmp_path, monkeypatch):
-    monkeypatch.setattr(lab, "HOSTS", tmp_path)
+    monkeypatch.setattr(lab.config, "HOSTS", tmp_path)
     for name, release in (("obsd1", "5.0"), ("obsd3", "5.0"), ("obsd4", "7.6")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "host.json").write_text(f'{{"release": "{release}"}}')
     (tmp_path / "obsd2").mkdir()  # a host dir left half-made: its name is free again
-    assert lab._host("obsd3").flavor == lab.OPENBSD_50
-    assert lab._host("obsd4").flavor == lab.OPENBSD_76
+    assert lab._host("obsd3").flavor == lab.config.OPENBSD_50
+    assert lab._host("obsd4").flavor == lab.config.OPENBSD_76
     assert lab._host("obsd4").address == "127.0.0.44"
     names = {r: [h.name for h in lab._wanted(lab._flavor("openbsd", r), 3)] for r in RELEASES}
     assert names == {"5.0": ["obsd1", "obsd3", "obsd2"], "7.6": ["obsd4", "obsd2", "obsd5"]}
