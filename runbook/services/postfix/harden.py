@@ -60,11 +60,15 @@ def _chroot_copies(stage) -> Fact:
         fresh)
 
 
+def _describe_mynetworks(stage) -> list[str]:
+    allowed = ", ".join(stage.params.postfix.mynetworks)
+    return [f"$ {effective(stage).command}",
+            f"# every mynetworks entry lies within postfix.mynetworks ({allowed}); none is "
+            "the whole Internet"]
+
+
 @operation("G21/G10 mynetworks reviewed: not wider than the parameters",
-           offline=lambda stage: [
-               f"$ {effective(stage).command}",
-               "# every mynetworks entry lies within postfix.mynetworks ("
-               f"{', '.join(stage.params.postfix.mynetworks)}); none is the whole Internet"])
+           offline=_describe_mynetworks)
 async def review_mynetworks(stage) -> Outcome:
     values = await postfix_values(stage)
     if values is None:
