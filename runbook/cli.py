@@ -37,20 +37,36 @@ def _run(args) -> int:
 
 
 def _plan(args) -> int:
+    from runbook import inventory
     from runbook.run import plan
 
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
-    print(plan.main(args.params, stages), end="")
+    if not inventory.is_inventory(inventory.read(args.params)):
+        print(plan.main(args.params, stages), end="")
+        return 0
+    for host in inventory.select(inventory.load(args.params), _names(args.host)):
+        print(f"=== host {host.name} ===")
+        print(plan.render(plan.make(host.params, stages), host.params,
+                          f"{args.params} ({host.name})"), end="")
     return 0
 
 
 def _validate(args) -> int:
-    from runbook import params
+    from runbook import inventory
 
-    loaded = params.load(args.params)
-    print(f"{args.params}: valid ({loaded.target.user}@{loaded.target.host}, "
-          f"platform {loaded.platform.name})")
+    hosts = inventory.load(args.params)
+    if inventory.is_inventory(inventory.read(args.params)):
+        print(f"{args.params}: valid, {len(hosts)} hosts")
+    for host in hosts:
+        target = host.params.target
+        name = f"  {host.name}: " if len(hosts) > 1 or host.name != target.host else ""
+        print(f"{name or f'{args.params}: valid '}({target.user}@{target.host}, "
+              f"platform {host.params.platform.name})")
     return 0
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [name for name in text.split(",") if name] if text else None
 
 
 def _audit_verify(args) -> int:
@@ -69,7 +85,7 @@ def _lab(args) -> int:
                        release=args.release)
         _print_hosts(hosts, args)
     elif args.lab_command == "down":
-        stopped = lab.down()
+        stopped = lab.down(args.names or None)
         print("stopped: " + (", ".join(stopped) or "no lab host was running"))
     elif args.lab_command == "reset":
         _print_hosts([lab.reset(args.name)], args)
@@ -116,11 +132,14 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="print every command and file edit for a fresh host, "
                                        "without connecting")
-    plan.add_argument("params", type=Path, help="params file (YAML) naming the platform")
+    plan.add_argument("params", type=Path, help="params or inventory file (YAML) naming "
+                      "the platform")
     plan.add_argument("--stages", help="comma-separated stages (default: the default run)")
+    plan.add_argument("--host", help="inventory: only these hosts (comma-separated names)")
     plan.set_defaults(func=_plan)
 
-    validate = sub.add_parser("validate", help="check a params file without connecting")
+    validate = sub.add_parser("validate", help="check a params or inventory file without "
+                              "connecting")
     validate.add_argument("params", type=Path)
     validate.set_defaults(func=_validate)
 
@@ -145,7 +164,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="openbsd: an emulated OpenBSD layout over Debian (see README)")
     up.add_argument("--release", help='the era an OpenBSD host imitates: "5.0" or "7.6"')
     up.add_argument("--json", action="store_true")
-    lab_sub.add_parser("down", help="stop every lab host, leave nothing behind")
+    down = lab_sub.add_parser("down", help="stop every lab host (or those named), leave "
+                              "nothing behind")
+    down.add_argument("names", nargs="*", metavar="NAME", help="only these hosts")
     for action in ("reset", "reboot"):
         p = lab_sub.add_parser(action, help=f"{action} one lab host")
         p.add_argument("name")

@@ -92,12 +92,13 @@ PACKAGE = PROJECT / "runbook"
 MAY_IMPORT = {
     "errors": set(),
     "params": {"errors"},
+    "inventory": {"errors", "params"},
     "audit": {"errors"},
     "remote": {"errors", "audit"},
     "ops": {"errors", "audit", "remote"},
     "platforms": {"errors", "ops"},
     "services": {"errors", "params", "audit", "remote", "ops"},
-    "run": {"errors", "params", "audit", "remote", "ops", "platforms"},
+    "run": {"errors", "params", "inventory", "audit", "remote", "ops", "platforms"},
     "interactive": {"errors", "params", "audit", "run"},
     "lab": {"errors"},
 }

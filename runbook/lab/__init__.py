@@ -16,7 +16,8 @@ from runbook/lab/files/openbsd/. docs/openbsd-emulation.md lists what is imitate
 The package: `config` (places, names, flavors, a host's paths and record), `image` (the
 lab key, the base image, the emulation layers), `emulation` (laying the OpenBSD shims over
 a layer), `hosts` (one host's life: create, boot, wait for SSH, stop, its params file),
-`system` (mounts, addresses, processes, commands); the API is here.
+`system` (mounts, addresses, processes, commands), `inventory` (params/lab-inventory.yaml of
+the running Debian hosts); the API is here.
 
 Layout:
   /var/lib/mail-runbook/lab/            lock, id_ed25519(.pub): the lab's SSH key
@@ -65,6 +66,7 @@ from runbook.lab.image import (
     _preflight,
     _tidy_layers,
 )
+from runbook.lab.inventory import _write_inventory
 from runbook.lab.system import _run
 
 # --- the API ---------------------------------------------------------------------------------
@@ -104,6 +106,9 @@ def up(hosts: int = 1, checkout: Path | None = None, flavor: str = "debian",
         running = [host for host in _all_hosts() if _running(host)]
         for host in running:
             _write_params(host, checkout / "params" / f"lab-{host.name}.yaml")
+        debian = [host for host in running if host.flavor == DEBIAN]
+        if debian:
+            _write_inventory(debian, checkout / "params" / "lab-inventory.yaml")
         _tidy_layers()
         return [_status(host) for host in running]
 
@@ -132,13 +137,25 @@ def up_host(name: str, release: str | None = None, checkout: Path | None = None,
         return _status(host)
 
 
-def down() -> list[str]:
-    """Stop every lab host; return the names of those that had something to stop."""
+def down(names: list[str] | None = None) -> list[str]:
+    """Stop every lab host (or the named ones); return the names of those that had something
+    to stop."""
     _preflight()
+    chosen = None if names is None else {_host(name).name for name in names}
     if not config.HOSTS.exists():
         return []
     with _locked():
-        return [host.name for host in _all_hosts() if _stop(host)]
+        return [host.name for host in _all_hosts()
+                if (chosen is None or host.name in chosen) and _stop(host)]
+
+
+def write_inventory(names: list[str], path: Path) -> Path:
+    """An inventory of these running lab hosts (as `up` writes params/lab-inventory.yaml)."""
+    hosts = [_host(name) for name in names]
+    stopped = [host.name for host in hosts if not _running(host)]
+    if stopped:
+        raise LabError(f"not running: {', '.join(stopped)} (runbook lab up)")
+    return _write_inventory(hosts, Path(path))
 
 
 def reset(name: str) -> dict:
@@ -198,4 +215,5 @@ __all__ = [
     "status",
     "up",
     "up_host",
+    "write_inventory",
 ]
