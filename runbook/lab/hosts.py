@@ -120,6 +120,7 @@ def _boot(host: Host) -> None:
             "--register=no", "--keep-unit",
             "--link-journal=no", "--setenv=SYSTEMD_COLORS=0"]
     # setsid: the host outlives this process and is not hit by a ^C in its terminal
+    _keep_fds_to_ourselves()
     pid = os.posix_spawn(nspawn, args, {"config.PATH": config.PATH}, setsid=True, file_actions=[
         (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, str(host.log_file), os.O_WRONLY | os.O_APPEND, 0),
@@ -128,6 +129,16 @@ def _boot(host: Host) -> None:
     host.pid_file.write_text(f"{pid}\n")
     # /proc/PID/cmdline reads empty for an instant after exec; let it show nspawn's
     _wait_while(lambda: _alive(pid) and not _running(host), 2)
+
+
+def _keep_fds_to_ourselves() -> None:
+    """Mark every descriptor beyond stdio close-on-exec before a host is spawned: a host
+    lives for hours, and one that inherits, say, the fd of `flock LOCKFILE runbook lab up`
+    holds that lock for as long as it runs."""
+    for name in os.listdir("/proc/self/fd"):
+        with suppress(OSError):  # the listing's own descriptor is gone by now
+            if int(name) > 2:
+                os.set_inheritable(int(name), False)
 
 
 def _wait_ready(host: Host) -> None:
