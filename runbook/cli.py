@@ -31,8 +31,10 @@ def _run(args) -> int:
     runner.quiet_papermill_logging()
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
     run_dir = runner.run(args.params, stages=stages, start=args.start, dry_run=args.dry_run,
-                         run_dir=args.run_dir)
-    print(f"record: {run_dir}\nverify it with: runbook audit verify {run_dir}")
+                         run_dir=args.run_dir, sign_key=args.sign_key, anchor=args.anchor)
+    how = " --allowed-signers FILE" if args.sign_key else ""
+    how += f" --anchor {args.anchor}" if args.anchor else ""
+    print(f"record: {run_dir}\nverify it with: runbook audit verify {run_dir}{how}")
     return 0
 
 
@@ -70,10 +72,12 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def _audit_verify(args) -> int:
-    from runbook import audit
+    from runbook import signing
 
-    count = audit.verify(Path(args.run_dir))
-    print(f"{args.run_dir}: audit chain intact, {count} records")
+    verdict = signing.verify_run(args.run_dir, allowed_signers=args.allowed_signers,
+                                 anchor_file=args.anchor,
+                                 require_signature=args.require_signature)
+    print(verdict.report(args.run_dir))
     return 0
 
 
@@ -128,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", type=Path, help="run folder to use (default: a new one)")
     run.add_argument("--dry-run", action="store_true",
                      help="read facts and show every change, change nothing")
+    run.add_argument("--sign-key", type=Path, metavar="KEY_FILE",
+                     help="sign the record at the end (ssh-keygen -Y sign): a private key "
+                          "file, or a public key whose private half is in the agent")
+    run.add_argument("--anchor", type=Path, metavar="FILE",
+                     help="append the record's head to this file, outside the run folder")
     run.set_defaults(func=_run)
 
     plan = sub.add_parser("plan", help="print every command and file edit for a fresh host, "
@@ -145,8 +154,15 @@ def _parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="work with a run's audit record")
     audit_sub = audit.add_subparsers(required=True, metavar="ACTION")
-    verify = audit_sub.add_parser("verify", help="check the hash chain of a run's audit.jsonl")
+    verify = audit_sub.add_parser(
+        "verify", help="check a run's hash chain, its signed head and notebook digests")
     verify.add_argument("run_dir", type=Path)
+    verify.add_argument("--allowed-signers", type=Path, metavar="FILE",
+                        help="check the signature against these keys (OpenSSH allowed_signers)")
+    verify.add_argument("--anchor", type=Path, metavar="FILE",
+                        help="check the chain against the heads anchored in this file")
+    verify.add_argument("--require-signature", action="store_true",
+                        help="an unsigned run fails instead of being reported as unsigned")
     verify.set_defaults(func=_audit_verify)
 
     session = sub.add_parser(

@@ -94,11 +94,12 @@ MAY_IMPORT = {
     "params": {"errors"},
     "inventory": {"errors", "params"},
     "audit": {"errors"},
+    "signing": {"errors", "audit"},
     "remote": {"errors", "audit"},
     "ops": {"errors", "audit", "remote"},
     "platforms": {"errors", "ops"},
     "services": {"errors", "params", "audit", "remote", "ops"},
-    "run": {"errors", "params", "inventory", "audit", "remote", "ops", "platforms"},
+    "run": {"errors", "params", "inventory", "audit", "signing", "remote", "ops", "platforms"},
     "interactive": {"errors", "params", "audit", "run"},
     "lab": {"errors"},
 }

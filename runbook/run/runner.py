@@ -31,6 +31,7 @@ from jupyter_client.manager import KernelManager
 from papermill.exceptions import PapermillExecutionError
 
 from runbook import params as params_model
+from runbook import signing
 from runbook.audit import read_run_json, update_run_json
 from runbook.errors import RunbookError
 from runbook.remote.lock import TargetLock
@@ -71,10 +72,17 @@ def run(
     run_dir: Path | None = None,
     runs_root: Path = PROJECT / "runs",
     echo=print,
+    sign_key: Path | None = None,
+    anchor: Path | None = None,
 ) -> Path:
-    """Execute the stages for one host; returns the run folder. Raises StageFailed."""
+    """Execute the stages for one host; returns the run folder. Raises StageFailed.
+
+    With `sign_key` the run's head is signed at the end, with `anchor` appended to that
+    file (see signing.py), whether the stages succeeded or not."""
     params = params_model.load(params_file)
     selected = stage_manifest.select(stages, start)
+    if sign_key:
+        signing.check_key(sign_key)  # a key that cannot sign is refused before any change
     host = params.target.host
     if start and run_dir is None:
         run_dir = latest_run(runs_root, host)
@@ -87,13 +95,27 @@ def run(
         parameters = params_model.as_parameters(params) | {
             "mode": "batch", "run_dir": str(run_dir), "dry_run": dry_run,
         }
+        failed = True
         try:
             with _kernel() as km:
                 for index, stage in enumerate(selected, 1):
                     _run_stage(stage, index, run_dir, parameters, km, progress)
+            failed = False
         finally:
             update_run_json(run_dir, end=_now())
+            _seal(run_dir, sign_key, anchor, failed, echo)
     return run_dir
+
+
+def _seal(run_dir, sign_key, anchor, failed: bool, echo) -> None:
+    """Sign and anchor the record; after a failure a sealing error is only reported, so
+    the stage's own error stays the one raised."""
+    try:
+        signing.seal(run_dir, sign_key, anchor)
+    except RunbookError as e:
+        if not failed:
+            raise
+        echo(f"runbook: the record could not be sealed: {e}", flush=True)
 
 
 def _run_stage(stage, index, run_dir, parameters, km, progress) -> None:
@@ -161,6 +183,7 @@ def _record_run_start(run_dir, params_file, params, dry_run) -> None:
     attempts = [*existing.get("attempts", []), {"start": _now(), "dry_run": dry_run}]
     update_run_json(
         run_dir,
+        id=existing.get("id", run_dir.name),
         host=params.target.host,
         params_file=str(params_file),
         params_sha256=digest,
