@@ -229,7 +229,15 @@ def test_reset_gives_a_fresh_host_with_its_new_keys_recorded(deb2, tmp_path):
     old_known_hosts = tmp_path / "old_known_hosts"
     old_known_hosts.write_text(Path(deb2["known_hosts"]).read_text())
     old_password = Path(deb2["mail_password_file"]).read_text()
-    fresh = lab.reset("deb2")
+    # what the caller holds open (a `flock LOCK runbook lab ...` lock) the host must not keep
+    held = os.open(tmp_path / "held", os.O_CREAT | os.O_RDONLY)
+    os.set_inheritable(held, True)
+    try:
+        fresh = lab.reset("deb2")
+    finally:
+        os.close(held)
+    kept = [os.readlink(fd) for fd in Path(f"/proc/{fresh['pid']}/fd").iterdir()]
+    assert str(tmp_path / "held") not in kept, kept
     assert fresh["running"] and fresh["address"] == "127.0.0.12"
     assert ssh(fresh, "systemctl is-system-running --wait") == "running"
     assert ssh(fresh, "test -e /root/marker || echo fresh") == "fresh"
