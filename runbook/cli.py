@@ -81,6 +81,22 @@ def _audit_verify(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from runbook import report
+
+    folder = report.write(args.folders, out=args.out)
+    print(f"report: {folder / report.REPORT_HTML}")
+    return 0
+
+
+def _docs(args) -> int:
+    from runbook.report import site
+
+    index = site.build(args.out, run=args.run)
+    print(f"site: {index}")
+    return 0
+
+
 def _lab(args) -> int:
     from runbook import lab
 
@@ -151,6 +167,19 @@ def _parser() -> argparse.ArgumentParser:
                               "connecting")
     validate.add_argument("params", type=Path)
     validate.set_defaults(func=_validate)
+
+    report = sub.add_parser("report", help="write report.html and report.json for a run or a "
+                                           "fleet (several runs given: their matrix)")
+    report.add_argument("folders", type=Path, nargs="+", metavar="RUN_OR_FLEET_FOLDER")
+    report.add_argument("--out", type=Path,
+                        help="folder for the report of several runs (default: a new "
+                             "<UTC>-report folder beside the first)")
+    report.set_defaults(func=_report)
+
+    docs = sub.add_parser("docs", help="build the notebooks into a static site")
+    docs.add_argument("--out", type=Path, help="the site's folder (default: docs/site)")
+    docs.add_argument("--run", type=Path, help="show this run's real output on every page")
+    docs.set_defaults(func=_docs)
 
     audit = sub.add_parser("audit", help="work with a run's audit record")
     audit_sub = audit.add_subparsers(required=True, metavar="ACTION")
