@@ -102,7 +102,8 @@ MAY_IMPORT = {
     "run": {"errors", "params", "inventory", "audit", "signing", "remote", "ops", "platforms"},
     "interactive": {"errors", "params", "audit", "run"},
     "lab": {"errors"},
-    "report": {"errors", "params", "inventory", "audit", "remote", "ops", "platforms", "run"},
+    "report": {"errors", "params", "inventory", "audit", "signing", "remote", "ops", "platforms",
+               "run"},
 }
 MAY_IMPORT["cli"] = MAY_IMPORT["demo"] = set(MAY_IMPORT)  # the entry points: anything
 

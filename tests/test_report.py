@@ -103,7 +103,7 @@ def test_one_changed_byte_is_reported_with_its_line(tmp_path):
     audit = page.split('class="audit">')[1].split("</dd>")[0]
     assert "NOT intact at line 3" in audit and "audit.jsonl line 3" in audit
     assert facts(folder)["audit"] | {"problem": None} == {
-        "intact": False, "records": None, "problem": None, "line": 3}
+        "intact": False, "records": None, "signed": None, "problem": None, "line": 3}
 
 
 def test_a_cut_off_line_is_named_and_the_rest_still_reported(tmp_path):
@@ -328,3 +328,19 @@ def test_old_run_json_platform_from_the_detect_command(tmp_path):
     command(audit, DETECT, "2026-11-28T14:05:01.000Z",
             stdout="OpenBSD 7.6\n@@os-release\n")
     assert collect.read_run(tmp_path)["header"]["platform"] == "openbsd 7.6"
+
+
+def test_a_signed_runs_changed_notebook_is_named(tmp_path):
+    from runbook import signing
+
+    folder = run_folder(tmp_path)
+    nbformat.write(nbformat.v4.new_notebook(), folder / "30-configure.ipynb")
+    (folder / signing.HEAD_FILE).write_text(json.dumps(signing.head(folder)))
+    (folder / signing.SIGNATURE_FILE).write_text("-----BEGIN SSH SIGNATURE-----\n")
+    assert "signed: the head and the notebook digests match" in html(
+        report.write(folder, notebooks=False))
+    nbformat.write(nbformat.v4.new_notebook(metadata={"x": 1}), folder / "30-configure.ipynb")
+    data = facts(report.write(folder, notebooks=False))
+    assert data["audit"]["intact"] is False
+    assert data["audit"]["problem"] == ("30-configure.ipynb: changed since it was signed (its "
+                                        "SHA-256 is not the signed one)")

@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from runbook import audit
+from runbook import audit, signing
 from runbook.errors import AuditError, RunbookError
 from runbook.remote.files import BACKUP_ROOT
 from runbook.run import manifest
@@ -69,15 +69,17 @@ def read_records(run_dir: Path) -> list[dict]:
 
 
 def verification(run_dir: Path) -> dict:
-    """The hash chain checked now: intact, or the message naming the first wrong line."""
+    """The record checked now (the hash chain; a signed run's head and notebook digests):
+    intact, or the message naming the first wrong line or file."""
     try:
-        count = audit.verify(run_dir)
+        verdict = signing.verify_run(run_dir)
     except AuditError as e:
         problem = str(e).replace(f"{run_dir}/", "")
         line = re.search(r"\bline (\d+)", problem)
-        return {"intact": False, "records": None, "problem": problem,
+        return {"intact": False, "records": None, "signed": None, "problem": problem,
                 "line": int(line.group(1)) if line else None}
-    return {"intact": True, "records": count, "problem": None, "line": None}
+    return {"intact": True, "records": verdict.records, "signed": verdict.signed,
+            "problem": None, "line": None}
 
 
 # --- the header ------------------------------------------------------------------------------
