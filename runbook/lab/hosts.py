@@ -121,7 +121,7 @@ def _boot(host: Host) -> None:
             "--link-journal=no", "--setenv=SYSTEMD_COLORS=0"]
     # setsid: the host outlives this process and is not hit by a ^C in its terminal
     _keep_fds_to_ourselves()
-    pid = os.posix_spawn(nspawn, args, {"config.PATH": config.PATH}, setsid=True, file_actions=[
+    pid = os.posix_spawn(nspawn, args, {"PATH": config.PATH}, setsid=True, file_actions=[
         (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, str(host.log_file), os.O_WRONLY | os.O_APPEND, 0),
         (os.POSIX_SPAWN_DUP2, 1, 2),
