@@ -56,7 +56,7 @@ notebooks: venv
 	$(BIN)/jupytext --update --set-kernel python3 --to ipynb notebooks/*.md
 
 bench: venv system-deps
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(if $(HOST),--host $(HOST))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
