@@ -38,6 +38,14 @@ def _run(args) -> int:
     return 0
 
 
+def _check(args) -> int:
+    from runbook.run import check
+
+    stages = [s for s in args.stages.split(",") if s] if args.stages else None
+    return check.main(args.params, stages, _names(args.host),
+                      **({"runs_root": args.runs} if args.runs else {}))
+
+
 def _plan(args) -> int:
     from runbook import inventory
     from runbook.run import plan
@@ -154,6 +162,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--anchor", type=Path, metavar="FILE",
                      help="append the record's head to this file, outside the run folder")
     run.set_defaults(func=_run)
+
+    check = sub.add_parser("check", help="dry-run the stages: exit 0 if nothing would "
+                           "change, 3 listing each drifted setting and file")
+    check.add_argument("params", type=Path, help="params or inventory file (YAML)")
+    check.add_argument("--stages", help="comma-separated stages (default: the default run)")
+    check.add_argument("--host", help="inventory: only these hosts (comma-separated names)")
+    check.add_argument("--runs", type=Path, metavar="DIR",
+                       help="where the check's dry-run records go (default: runs/)")
+    check.set_defaults(func=_check)
 
     plan = sub.add_parser("plan", help="print every command and file edit for a fresh host, "
                                        "without connecting")

@@ -30,3 +30,31 @@ def lab_host(lab_hosts) -> dict:
 
     name = next(h["name"] for h in lab_hosts if h["flavor"] == "debian")
     return lab.reset(name)
+
+
+@pytest.fixture(scope="session")
+def configured_host(tmp_path_factory) -> dict:
+    """deb4 made fresh, then one whole default run, signed and anchored (the record is in
+    host["record"], the key and allowed_signers beside it): for the tests that need a
+    configured host. Each leaves it configured and working as it found it."""
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root: they boot real target hosts (run `make test` as root)")
+    import subprocess
+
+    from runbook import lab
+    from runbook.run import runner
+
+    try:
+        host = lab.up_host("deb4", checkout=PROJECT, fresh=True)
+    except Exception as e:
+        pytest.fail(f"the lab could not give a fresh deb4: {e}")
+    home = tmp_path_factory.mktemp("configured")
+    key = home / "operator"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "operator",
+                    "-f", str(key)], check=True)
+    (home / "allowed_signers").write_text(
+        "operator@lab.test " + " ".join(key.with_suffix(".pub").read_text().split()[:2]) + "\n")
+    record = runner.run(host["params_file"], runs_root=home / "runs", sign_key=key,
+                        anchor=home / "anchor.jsonl", echo=lambda *a, **k: None)
+    return host | {"record": record, "sign_key": key, "anchor": home / "anchor.jsonl",
+                   "allowed_signers": home / "allowed_signers", "home": home}

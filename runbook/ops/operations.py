@@ -157,6 +157,7 @@ class Outcome:
     plan: Plan | None = None
     value: Any = None  # what a check found, for the cells and tests that follow
     duration: float = 0.0
+    would: list[str] = field(default_factory=list)  # a dry run's check: what differs (drift)
 
     def report(self) -> str:
         head = f"[{self.status}] {self.name}" + (f" — {self.detail}" if self.detail else "")
@@ -292,6 +293,11 @@ def record(stage, outcome: Outcome, **extra) -> None:
     if outcome.plan is not None and outcome.plan.steps:
         fields["commands"] = outcome.plan.commands
         fields["files"] = [w.path for w in outcome.plan.writes]
+        if outcome.status == "skipped" and not outcome.plan.skip:
+            # what a dry run (or a Skip click) left undone: `runbook check` lists it as drift
+            fields["would"] = [step.describe().splitlines()[0] for step in outcome.plan.steps]
+    if outcome.would:
+        fields["would"] = outcome.would
     stage.audit.record("operation", name=outcome.name, status=outcome.status, **fields)
 
 

@@ -74,12 +74,14 @@ def run(
     echo=print,
     sign_key: Path | None = None,
     anchor: Path | None = None,
+    params: params_model.Params | None = None,
 ) -> Path:
     """Execute the stages for one host; returns the run folder. Raises StageFailed.
 
     With `sign_key` the run's head is signed at the end, with `anchor` appended to that
-    file (see signing.py), whether the stages succeeded or not."""
-    params = params_model.load(params_file)
+    file (see signing.py), whether the stages succeeded or not. `params`, when given, are
+    the already validated parameters `params_file` stands for (one host of an inventory)."""
+    params = params or params_model.load(params_file)
     selected = stage_manifest.select(stages, start)
     if sign_key:
         signing.check_key(sign_key)  # a key that cannot sign is refused before any change

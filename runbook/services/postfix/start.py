@@ -65,7 +65,7 @@ async def review_settings(stage) -> Outcome:
                               + "\n  ".join(problems))
     detail = (f"dry run: would differ: {'; '.join(problems)}" if problems else
               f"{len(wanted)} settings as intended, {len(current) - len(wanted)} others")
-    return Outcome("", "ok", detail, evidence="\n".join(lines))
+    return Outcome("", "ok", detail, evidence="\n".join(lines), would=problems)
 
 
 stop_previous_mta = platform_step(
