@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,12 +33,27 @@ _USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 _PACKAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+%-]{0,127}")  # % : postfix--%stable
 _SETTING = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _MAP = re.compile(r"(hash|btree|lmdb|cdb|dbm|texthash):(/[A-Za-z0-9._/-]+)")
-_RELEASE = re.compile(r"\d{1,3}(?:\.\d{1,3}){0,2}")
+_RELEASE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){0,2}")  # \d would take ١٢ too
 # Postfix features that parent_domain_matches_subdomains may name (postconf(5)).
 PARENT_DOMAIN_FEATURES = frozenset({
     "debug_peer_list", "fast_flush_domains", "mynetworks", "permit_mx_backup_networks",
     "qmqpd_authorized_clients", "relay_domains", "smtpd_access_maps",
 })
+
+
+def _whole(pattern: str) -> str:
+    """A pydantic `pattern` matching the whole value: pydantic searches, it does not
+    fullmatch, so an unanchored pattern lets `name\\nrelayhost = …` through."""
+    return f"^(?:{pattern})$"
+
+
+def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IP address, refusing IPv6 zone ids (fe80::1%eth0): ipaddress takes any text
+    after the %, and no setting here needs a link-local zone."""
+    if not isinstance(value, str) or "%" in value:
+        raise ValueError(f"{value!r} is not an IP address (zone ids such as %eth0 are not "
+                         "accepted)")
+    return ipaddress.ip_address(value)
 
 
 def _dns_name(value: str) -> str:
@@ -82,7 +98,7 @@ def _network(value: str) -> str:
     bracketed = address.startswith("[") and address.endswith("]")
     bare = address[1:-1] if bracketed else address
     try:
-        ip = ipaddress.ip_address(bare)
+        ip = _ip(bare)
     except ValueError:
         raise ValueError(f"{value!r} is not an address or network in Postfix notation") from None
     if ip.version == 6 and not bracketed:
@@ -106,7 +122,7 @@ def _interface(value: str) -> str:
     if value in ("all", "loopback-only", "localhost"):
         return value
     try:
-        ipaddress.ip_address(value)
+        _ip(value)
         return value
     except (ValueError, TypeError):
         pass
@@ -136,7 +152,7 @@ def _alias_target(value: str) -> str:
 
 def _address(value: str) -> str:
     try:
-        return str(ipaddress.ip_address(value))
+        return str(_ip(value))
     except (ValueError, TypeError):
         raise ValueError(f"{value!r} is not an IP address") from None
 
@@ -157,8 +173,12 @@ def _lookup_table(value: str) -> str:
 
 
 def _setting_value(value: str) -> str:
-    if not isinstance(value, str) or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("must be text on one line, without control characters")
+    # Cc: control characters (C0, DEL, C1); Zl/Zp: U+2028/U+2029, which Python's splitlines
+    # takes for line ends; Cf: invisible format characters (U+202E turns the text around).
+    if not isinstance(value, str) or any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")
+                                         for c in value):
+        raise ValueError("must be text on one line, without control, format or line "
+                         "separator characters")
     if len(value) > 1000:
         raise ValueError("is longer than 1000 characters")
     return value
@@ -183,6 +203,17 @@ def _one_or_many(value: Any) -> Any:
     return value
 
 
+def _local_path(value: Path) -> Path:
+    if any(unicodedata.category(c) == "Cc" for c in str(value)):
+        raise ValueError(f"{str(value)!r}: a file name here has no control characters "
+                         "(NUL, newline)")
+    try:
+        return value.expanduser()
+    except RuntimeError:  # ~name of no user on this machine
+        raise ValueError(f"{str(value)!r}: {str(value).split('/')[0]} is no user's home "
+                         "directory here") from None
+
+
 def _absolute_path(value: Path) -> Path:
     text = str(value)
     if not text.startswith("/") or not re.fullmatch(r"[A-Za-z0-9._/-]+", text) or ".." in text:
@@ -200,9 +231,9 @@ IPAddress = Annotated[str, AfterValidator(_address)]
 HostName = Annotated[str, AfterValidator(_host)]
 LookupTable = Annotated[str, AfterValidator(_lookup_table)]
 SettingValue = Annotated[str, AfterValidator(_setting_value)]
-SettingName = Annotated[str, Field(pattern=_SETTING.pattern)]
+SettingName = Annotated[str, Field(pattern=_whole(_SETTING.pattern))]
 RemotePath = Annotated[Path, AfterValidator(_absolute_path)]
-LocalPath = Annotated[Path, AfterValidator(lambda path: path.expanduser())]
+LocalPath = Annotated[Path, AfterValidator(_local_path)]
 Release = Annotated[str | None, BeforeValidator(_release)]
 
 
@@ -257,12 +288,12 @@ class Platform(Section):
     )
     postfix_package: str | None = Field(
         None,
-        pattern=_PACKAGE.pattern,
+        pattern=_whole(_PACKAGE.pattern),
         description="OpenBSD package to pkg_add, flavour allowed (e.g. postfix-2.8.7-mysql).",
     )
     pkg_path: str | None = Field(
         None,
-        pattern=r"(https?|ftp|file)://[A-Za-z0-9._~:/%+-]+|/[A-Za-z0-9._/-]+",
+        pattern=_whole(r"(https?|ftp|file)://[A-Za-z0-9._~:/%+-]+|/[A-Za-z0-9._/-]+"),
         description="OpenBSD: PKG_PATH for pkg_add (releases before installurl, e.g. 5.0).",
     )
 
@@ -340,7 +371,7 @@ class Dovecot(Section):
     )
     test_password_env: str | None = Field(
         None,
-        pattern=r"[A-Z_][A-Z0-9_]{0,63}",
+        pattern=_whole(r"[A-Z_][A-Z0-9_]{0,63}"),
         description="Name of the environment variable holding the test recipient's "
         "password (the password itself is never a parameter).",
     )

@@ -162,3 +162,32 @@ def test_valid_values_round_trip(domain, address, prefix):
     assert p.postfix.mydomain == domain and p.postfix.mynetworks == [network]
     again = params.validate(**yaml.safe_load(yaml.safe_dump(params.as_parameters(p))))
     assert again == p
+
+
+# Found by tests/test_hostile_params.py, each kept here by name.
+@pytest.mark.parametrize(("section", "key", "value", "field"), [
+    # pydantic's `pattern` searches: unanchored, a newline in a main.cf key went through
+    ("postfix", "extra_settings", {"smtpd_banner = x\nrelayhost": "evil"},
+     "postfix.extra_settings.smtpd_banner = x\nrelayhost.[key]"),
+    ("platform", "postfix_package", "postfix; reboot", "platform.postfix_package"),
+    ("dovecot", "test_password_env", "PASS\n", "dovecot.test_password_env"),
+    # Python's splitlines takes U+2028 and NEL for line ends: a second main.cf line
+    ("postfix", "extra_settings", {"smtpd_banner": "x\u2028relayhost = evil"},
+     "postfix.extra_settings.smtpd_banner"),
+    ("postfix", "extra_settings", {"smtpd_banner": "x\x85y"},
+     "postfix.extra_settings.smtpd_banner"),
+    ("postfix", "extra_settings", {"smtpd_banner": "abc\u202edef"},
+     "postfix.extra_settings.smtpd_banner"),
+    # ipaddress takes any text after % as an IPv6 zone id
+    ("target", "host", "fe80::1%;reboot", "target.host"),
+    ("postfix", "probe_source", "fe80::1%$(id)", "postfix.probe_source"),
+    ("postfix", "mynetworks", ["[fe80::%x]/64"], "postfix.mynetworks.0"),
+    ("dovecot", "listen", ["fe80::1%eth0"], "dovecot.listen.0"),
+    # \d takes every script's digits
+    ("platform", "release", "\u0661\u0662", "platform.release"),
+    # a local path: NUL, or ~ of no user (expanduser raised RuntimeError)
+    ("target", "key_file", "/root/.ssh/id\0x", "target.key_file"),
+    ("target", "known_hosts", "~no-such-user-here/known_hosts", "target.known_hosts"),
+])
+def test_values_found_by_the_hostile_property_are_refused(section, key, value, field):
+    assert refused_fields(with_value(section, key, value)) == [field]
