@@ -25,11 +25,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+FLEET_FLAGS = ("forks", "strategy", "serial", "max_fail_percent", "hosts_from", "failed",
+               "host", "cluster", "ssh_slots")
+
+
 def _run(args) -> int:
+    from runbook import inventory
     from runbook.run import runner
 
-    runner.quiet_papermill_logging()
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
+    if inventory.is_inventory(inventory.read(args.params)) or any(
+            getattr(args, flag) not in (None, False) for flag in FLEET_FLAGS):
+        return _run_fleet(args, stages)
+    runner.quiet_papermill_logging()
     run_dir = runner.run(args.params, stages=stages, start=args.start, dry_run=args.dry_run,
                          run_dir=args.run_dir, sign_key=args.sign_key, anchor=args.anchor)
     how = " --allowed-signers FILE" if args.sign_key else ""
@@ -44,6 +52,29 @@ def _check(args) -> int:
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
     return check.main(args.params, stages, _names(args.host),
                       **({"runs_root": args.runs} if args.runs else {}))
+
+
+def _run_fleet(args, stages) -> int:
+    from runbook import inventory
+    from runbook.fleet import controller, record
+
+    if args.run_dir:
+        raise ParamsError([("--run-dir", "names one host's folder; a fleet makes one a host")])
+    hosts = inventory.select(inventory.load(args.params), _names(args.host))
+    options = controller.Options(
+        stages=stages, start=args.start,
+        forks=controller.DEFAULT_FORKS if args.forks is None else args.forks,
+        strategy=args.strategy or "free", serial=args.serial,
+        max_fail_percent=args.max_fail_percent, dry_run=args.dry_run, cluster=args.cluster,
+        sign_key=args.sign_key, anchor=args.anchor,
+        ssh_slots=controller.SSH_SLOTS if args.ssh_slots is None else args.ssh_slots)
+    if args.failed and not args.hosts_from:
+        raise ParamsError([("--failed", "goes with --hosts-from FLEET_RUN")])
+    if args.hosts_from:
+        hosts = controller.from_fleet(args.hosts_from, hosts, options, failed=args.failed)
+    fleet_dir = controller.run(hosts, options, source=str(args.params))
+    data = record.read(fleet_dir)
+    return 0 if len(data["succeeded"]) == len(data["hosts"]) else 1
 
 
 def _plan(args) -> int:
@@ -148,8 +179,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="execute the stage notebooks against one host")
-    run.add_argument("params", type=Path, help="params file (YAML)")
+    run = sub.add_parser("run", help="execute the stage notebooks against one host, or every "
+                         "host of an inventory")
+    run.add_argument("params", type=Path, help="params or inventory file (YAML)")
     run.add_argument("--stages", help="comma-separated stages (default: the default run)")
     run.add_argument("--from", dest="start", metavar="STAGE",
                      help="resume the host's latest run from this stage")
@@ -161,6 +193,28 @@ def _parser() -> argparse.ArgumentParser:
                           "file, or a public key whose private half is in the agent")
     run.add_argument("--anchor", type=Path, metavar="FILE",
                      help="append the record's head to this file, outside the run folder")
+    fleet = run.add_argument_group("fleets (an inventory)")
+    fleet.add_argument("--forks", type=int, help="hosts worked on at once (default 10; see "
+                       "docs/fleet.md)")
+    fleet.add_argument("--strategy", choices=("free", "linear"),
+                       help="free (default): each host as fast as it can; linear: every host "
+                       "finishes a stage before any starts the next")
+    fleet.add_argument("--serial", metavar="N|P%",
+                       help="batches of N hosts (or P%% of the fleet); the next batch starts "
+                       "only if the last one succeeded")
+    fleet.add_argument("--max-fail-percent", type=float, metavar="P",
+                       help="stop starting new hosts once more than P%% of the fleet failed")
+    fleet.add_argument("--host", help="only these hosts of the inventory (comma-separated)")
+    fleet.add_argument("--hosts-from", type=Path, metavar="FLEET_RUN",
+                       help="the hosts of an earlier fleet run (runs/<UTC>-fleet)")
+    fleet.add_argument("--failed", action="store_true",
+                       help="with --hosts-from: only its failed and unreachable hosts, each "
+                       "resumed from the stage it stopped at")
+    fleet.add_argument("--cluster", metavar="tcp://SCHEDULER:8786",
+                       help="run the hosts on a Dask cluster's workers")
+    fleet.add_argument("--ssh-slots", type=int,
+                       help="SSH handshakes under way at once (default 8, below sshd's "
+                       "MaxStartups of 10)")
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check", help="dry-run the stages: exit 0 if nothing would "

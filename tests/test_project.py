@@ -101,6 +101,7 @@ MAY_IMPORT = {
     "services": {"errors", "params", "audit", "remote", "ops"},
     "run": {"errors", "params", "inventory", "audit", "signing", "remote", "ops", "platforms"},
     "interactive": {"errors", "params", "audit", "run"},
+    "fleet": {"errors", "params", "inventory", "audit", "remote", "run"},
     "lab": {"errors"},
     "report": {"errors", "params", "inventory", "audit", "signing", "remote", "ops", "platforms",
                "run"},

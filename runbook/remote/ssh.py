@@ -14,6 +14,7 @@ from runbook.errors import (
     HostUnreachable,
     TargetError,
 )
+from runbook.remote import slots
 
 
 async def open_session(params) -> asyncssh.SSHClientConnection:
@@ -36,7 +37,8 @@ async def open_session(params) -> asyncssh.SSHClientConnection:
     if not params.use_agent:
         options["agent_path"] = None
     try:
-        conn = await asyncssh.connect(params.host, **options)
+        async with slots.handshake():  # a fleet's cap on handshakes under way (MaxStartups)
+            conn = await asyncssh.connect(params.host, **options)
     except asyncssh.HostKeyNotVerifiable as exc:
         raise host_key_error(dest, params, known, client, exc) from None
     except asyncssh.PermissionDenied:

@@ -47,6 +47,10 @@ class StageFailed(RunbookError):
     pass
 
 
+class Stopped(RunbookError):
+    """The gate refused the next stage (a fleet run was interrupted or stopped)."""
+
+
 @dataclass
 class Progress:
     """Terminal progress lines: one per stage."""
@@ -75,12 +79,16 @@ def run(
     sign_key: Path | None = None,
     anchor: Path | None = None,
     params: params_model.Params | None = None,
+    progress: Progress | None = None,
+    gate=None,
 ) -> Path:
     """Execute the stages for one host; returns the run folder. Raises StageFailed.
 
     With `sign_key` the run's head is signed at the end, with `anchor` appended to that
     file (see signing.py), whether the stages succeeded or not. `params`, when given, are
-    the already validated parameters `params_file` stands for (one host of an inventory)."""
+    the already validated parameters `params_file` stands for (one host of an inventory).
+    `gate(stage_name)`, when given, is asked before each stage and raises Stopped to end the
+    run there (a fleet's Ctrl-C, or its linear strategy waiting for the other hosts)."""
     params = params or params_model.load(params_file)
     selected = stage_manifest.select(stages, start)
     if sign_key:
@@ -89,7 +97,7 @@ def run(
     if start and run_dir is None:
         run_dir = latest_run(runs_root, host)
     run_dir = run_dir or unused_folder(runs_root / run_name(host))
-    progress = Progress(len(selected), echo)
+    progress = progress or Progress(len(selected), echo)
     # The lock connects first: an unreachable host or a refused key leaves no run folder.
     with TargetLock(params.target, run_dir.name):
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -101,6 +109,8 @@ def run(
         try:
             with _kernel() as km:
                 for index, stage in enumerate(selected, 1):
+                    if gate:
+                        gate(stage.name)
                     _run_stage(stage, index, run_dir, parameters, km, progress)
             failed = False
         finally:
