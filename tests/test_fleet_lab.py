@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.lab
 
 NAMES = [f"deb{i}" for i in range(11, 17)]
 CHECKOUT = Path(__file__).resolve().parents[1]
+DASK = Path(sys.executable).with_name("dask")
 
 
 @dataclass
@@ -266,3 +269,86 @@ def test_ctrl_c_stops_new_work_and_leaves_every_record_verifiable(fleet):
             assert audit.verify(run_dir) > 0
             run = audit.read_run_json(run_dir)
             assert run["end"] and all(s["status"] == "ok" for s in run["stages"].values())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes on loopback."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(CHECKOUT)}
+    started = []
+
+    def start(*args, name):
+        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 -- the process writes it
+        started.append(subprocess.Popen([str(DASK), *args], stdout=log, stderr=log, env=env,
+                                        cwd=tmp_path, start_new_session=True))
+        return started[-1]
+
+    address = f"tcp://127.0.0.1:{port}"
+    start("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard",
+          name="scheduler")
+    workers = [start("worker", address, "--host", "127.0.0.1", "--nthreads", "2",
+                     "--no-nanny", "--no-dashboard", "--local-directory", str(tmp_path),
+                     "--name", f"w{i}", name=f"w{i}") for i in (1, 2)]
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        client.wait_for_workers(2, timeout=60)
+    yield address, workers
+    for process in reversed(started):  # workers first: nothing of theirs is left to keep
+        if process in workers:
+            process.kill()
+        elif process.poll() is None:
+            process.terminate()
+    for process in started:
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def test_a_dask_cluster_gives_the_same_records_and_reports_a_worker_that_died(
+        fleet, dask_cluster):
+    address, workers = dask_cluster
+    data = fleet.run(cluster=address, forks=6)
+    assert data["succeeded"] == NAMES, data["hosts"]
+    for name, entry in records(data).items():
+        run_dir = Path(entry["run_dir"])
+        assert sorted(p.name for p in run_dir.glob("*.ipynb")) == [
+            f"{s.name}.ipynb" for s in controller.manifest.select(None)]
+        assert audit.verify(run_dir) > 0
+        gathered = data["dir"] / "hosts" / name
+        assert (gathered / "audit.jsonl").read_bytes() == (run_dir / "audit.jsonl").read_bytes()
+        assert audit.verify(gathered) > 0
+        assert entry["audit_head"] == audit.read_run_json(gathered)["audit"]["last_hash"]
+        assert changed(entry) == 0
+        mailbox = labrun.ssh(fleet.hosts[name], "cat /var/mail/mailtest")
+        assert f"test of run {run_dir.name}" in mailbox
+    # one worker killed while both run hosts: its hosts are reported, none is lost
+    out = Tee()
+
+    def kill_once_four_hosts_are_running():
+        deadline = time.monotonic() + 60
+        while (len(re.findall(r"\[2/8\] 10-install  \(", out.getvalue())) < 4
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        workers[0].kill()
+
+    threading.Thread(target=kill_once_four_hosts_are_running, daemon=True).start()
+    data = fleet.run(cluster=address, forks=6, out=out)
+    hosts = records(data)
+    assert sorted(hosts) == sorted(NAMES)
+    died = [h for h in hosts.values() if "died while running this host" in h["reason"]]
+    assert died, data["hosts"]
+    assert all(h["status"] == "failed" and "(it was in " in h["reason"] for h in died)
+    assert sorted(data["succeeded"] + [h["name"] for h in died]) == sorted(NAMES)
+    for host in died:  # the record up to the worker's death is closed and verifies
+        if host["run_dir"] and (Path(host["run_dir"]) / "audit.jsonl").exists():
+            assert audit.verify(Path(host["run_dir"])) > 0
