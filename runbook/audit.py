@@ -192,6 +192,10 @@ _SUMMARIES = {  # record type -> its one readable line
     "stage": lambda r: f"stage {r.get('stage')} {r.get('event')}"
                        + (f" ({r['status']})" if r.get("status") else ""),
     "note": lambda r: f"note: {r.get('text', '')}",
+    "recovery": lambda r: "recovery: " + ", ".join(
+        ([f"run {r['unfinished']} was cut short ({r.get('ended') or 'no end'})"]
+         if r.get("unfinished") else [])
+        + ([f"{len(r['removed'])} stray temp file(s) removed"] if r.get("removed") else [])),
 }
 
 

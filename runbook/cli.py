@@ -77,6 +77,13 @@ def _run_fleet(args, stages) -> int:
     return 0 if len(data["succeeded"]) == len(data["hosts"]) else 1
 
 
+def _status(args) -> int:
+    from runbook.run import status
+
+    print(status.report(args.what, **({"runs_root": args.runs} if args.runs else {})))
+    return 0
+
+
 def _plan(args) -> int:
     from runbook import inventory
     from runbook.run import plan
@@ -225,6 +232,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--runs", type=Path, metavar="DIR",
                        help="where the check's dry-run records go (default: runs/)")
     check.set_defaults(func=_check)
+
+    status = sub.add_parser("status", help="the last run on a host, its state, pending "
+                            "backups and stray temp files an unfinished run left")
+    status.add_argument("what", metavar="HOST_OR_PARAMS",
+                        help="a params or inventory file, or a host as runs/ names it")
+    status.add_argument("--runs", type=Path, metavar="DIR", help="run folders (default: runs/)")
+    status.set_defaults(func=_status)
 
     plan = sub.add_parser("plan", help="print every command and file edit for a fresh host, "
                                        "without connecting")

@@ -4,25 +4,41 @@ The lock is a directory in /var/run on the target, held by a remote shell that w
 its stdin: when the run ends — or the runner dies and its SSH connection drops — stdin
 closes and the shell removes the directory. So a crashed run leaves no stale lock, and
 a host reboot clears /var/run anyway.
+
+The same shell keeps the host's journal of runs (`JOURNAL` in the backup root, which a
+reboot keeps): a `start` line when the lock is taken, an `end <verdict>` line when the
+runner lets go saying how the run ended (ok, failed, interrupted), `end lost` when the
+connection closed without a word. A start with no end: the run was cut short by a reboot
+or a kill (see recovery.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
+import asyncssh
+
 from runbook.errors import RunbookError
+from runbook.remote import files
 from runbook.remote.target import Target, q
 
 LOCK_DIR = "/var/run/mail-runbook.lock"
+JOURNAL = "JOURNAL"  # in files.BACKUP_ROOT
 BUSY = 75  # EX_TEMPFAIL
+VERDICTS = ("ok", "failed", "interrupted")
 
 _HOLD = """\
 if mkdir {dir} 2>/dev/null; then
   trap 'rm -rf {dir}' EXIT HUP INT TERM PIPE
   echo {owner} > {dir}/owner
+  note() {{ printf '%s\\t%s\\t%s\\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" {owner} "$1" >> {journal}; }}
+  (umask 077; mkdir -p {root}) && note start
   echo locked
-  cat >/dev/null
+  verdict=lost
+  while read -r line; do verdict=$line; done
+  note "end $verdict"
 else
   echo "busy: $(cat {dir}/owner 2>/dev/null)"
   exit {busy}
@@ -34,8 +50,13 @@ class TargetBusy(RunbookError):
     pass
 
 
-def hold_command(owner: str, lock_dir: str = LOCK_DIR) -> str:
-    return _HOLD.format(dir=q(lock_dir), owner=q(owner), busy=BUSY)
+def journal_path() -> str:
+    return f"{files.BACKUP_ROOT}/{JOURNAL}"
+
+
+def hold_command(owner: str, lock_dir: str | None = None) -> str:
+    return _HOLD.format(dir=q(lock_dir or LOCK_DIR), owner=q(owner), busy=BUSY,
+                        root=q(files.BACKUP_ROOT), journal=q(journal_path()))
 
 
 class TargetLock:
@@ -54,19 +75,23 @@ class TargetLock:
     def __enter__(self) -> TargetLock:
         self.thread.start()
         try:
-            self._call(self._acquire())
+            self.call(self._acquire())
         except BaseException:
             self._stop()
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *_exc) -> None:
+        # how the run ended, for the journal: a stage failure restored that stage's files
+        verdict = ("ok" if kind is None else
+                   "interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")
         try:
-            self._call(self._release())
+            self.call(self._release(verdict))
         finally:
             self._stop()
 
-    def _call(self, coroutine):
+    def call(self, coroutine):
+        """Run a coroutine on the lock's own loop (its `target` is the lock's connection)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def _stop(self) -> None:
@@ -96,7 +121,10 @@ class TargetLock:
                 return line.strip()
         return "the lock command ended without an answer"
 
-    async def _release(self) -> None:
-        self.process.stdin.write_eof()
-        await asyncio.wait_for(self.process.wait(), 10)
+    async def _release(self, verdict: str = "ok") -> None:
+        # a cut connection has nothing left to release: the shell wrote `end lost` itself
+        with contextlib.suppress(OSError, asyncssh.Error, TimeoutError):
+            self.process.stdin.write(verdict + "\n")
+            self.process.stdin.write_eof()
+            await asyncio.wait_for(self.process.wait(), 10)
         await self.target.close()

@@ -32,8 +32,9 @@ from papermill.exceptions import PapermillExecutionError
 
 from runbook import params as params_model
 from runbook import signing
-from runbook.audit import read_run_json, update_run_json
+from runbook.audit import Audit, read_run_json, update_run_json
 from runbook.errors import RunbookError
+from runbook.remote import recovery
 from runbook.remote.lock import TargetLock
 from runbook.run import engine
 from runbook.run import manifest as stage_manifest
@@ -99,24 +100,50 @@ def run(
     run_dir = run_dir or unused_folder(runs_root / run_name(host))
     progress = progress or Progress(len(selected), echo)
     # The lock connects first: an unreachable host or a refused key leaves no run folder.
-    with TargetLock(params.target, run_dir.name):
+    with TargetLock(params.target, run_dir.name) as lock:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _record_run_start(run_dir, params_file, params, dry_run)
+        _record_run_start(run_dir, params_file, params, dry_run, selected)
+        _recover(lock, run_dir, dry_run, echo)
         parameters = params_model.as_parameters(params) | {
             "mode": "batch", "run_dir": str(run_dir), "dry_run": dry_run,
         }
-        failed = True
+        state = "failed"
         try:
             with _kernel() as km:
                 for index, stage in enumerate(selected, 1):
                     if gate:
                         gate(stage.name)
                     _run_stage(stage, index, run_dir, parameters, km, progress)
-            failed = False
+            state = "ok"
+        except KeyboardInterrupt:
+            state = "interrupted"
+            raise
         finally:
-            update_run_json(run_dir, end=_now())
-            _seal(run_dir, sign_key, anchor, failed, echo)
+            update_run_json(run_dir, end=_now(), state=state)
+            _seal(run_dir, sign_key, anchor, state != "ok", echo)
     return run_dir
+
+
+def _recover(lock: TargetLock, run_dir: Path, dry_run: bool, echo) -> None:
+    """Before the first stage: say what a run cut short left on the host, and remove its
+    stray temp files (this run then completes what it began; see remote/recovery.py)."""
+    state = lock.call(recovery.inspect(lock.target, run_dir.name))
+    if not state.news:
+        return
+    audit = Audit(run_dir, display=False)
+    removed = []
+    if state.strays and not dry_run:
+        lock.target.audit = audit  # the removal is a command like any other: recorded
+        lock.call(recovery.remove_strays(lock.target, state.strays))
+        lock.target.audit, removed = None, state.strays
+    unfinished = state.unfinished
+    audit.record("recovery", host=lock.target_params.host,
+                 unfinished=unfinished and unfinished.run,
+                 ended=unfinished and unfinished.ended, pending=state.pending,
+                 strays=state.strays, removed=removed)
+    done = ("the stray temp files were removed; " if removed else "") + (
+        "this run completes what the unfinished one began" if unfinished else "")
+    echo("runbook: " + "\n  ".join([*state.report(), done]).rstrip(), flush=True)
 
 
 def _seal(run_dir, sign_key, anchor, failed: bool, echo) -> None:
@@ -187,12 +214,13 @@ def _counts(counter: Counter) -> dict:
     return {key: counter.get(key, 0) for key in ("ok", "changed", "failed", "skipped")}
 
 
-def _record_run_start(run_dir, params_file, params, dry_run) -> None:
+def _record_run_start(run_dir, params_file, params, dry_run, selected) -> None:
     existing = read_run_json(run_dir)
     digest = hashlib.sha256(
         json.dumps(params_model.as_parameters(params), sort_keys=True).encode()
     ).hexdigest()
-    attempts = [*existing.get("attempts", []), {"start": _now(), "dry_run": dry_run}]
+    attempts = [*existing.get("attempts", []), {
+        "start": _now(), "dry_run": dry_run, "stages": [stage.name for stage in selected]}]
     update_run_json(
         run_dir,
         id=existing.get("id", run_dir.name),
@@ -203,6 +231,7 @@ def _record_run_start(run_dir, params_file, params, dry_run) -> None:
         tools=_tool_versions(),
         start=existing.get("start", _now()),
         end=None,
+        state="running",
         dry_run=dry_run,
         attempts=attempts,
         stages=existing.get("stages", {}),
