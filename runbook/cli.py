@@ -292,7 +292,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--hosts", type=int, default=1, help="at least this many hosts of the flavor")
     up.add_argument("--flavor", choices=("debian", "openbsd"), default="debian",
                     help="openbsd: an emulated OpenBSD layout over Debian (see README)")
-    up.add_argument("--release", help='the era an OpenBSD host imitates: "5.0" or "7.6"')
+    up.add_argument("--release", help='debian: "12" (default, deb1 …) or "13" (trixie1 …); '
+                    'openbsd: the era it imitates, "5.0" or "7.6"')
     up.add_argument("--json", action="store_true")
     down = lab_sub.add_parser("down", help="stop every lab host (or those named), leave "
                               "nothing behind")

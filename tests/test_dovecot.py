@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import re
 import socket
@@ -165,6 +166,41 @@ def test_settings_overridden_by_another_file_are_named():
     assert wanted.settings_problems(values, current) == []
     current["listen"] = "*, ::"
     assert wanted.settings_problems(values, current) == ["listen is '*, ::', wanted '127.0.0.11'"]
+
+
+# `doveconf` of the settings read back, from Dovecot 2.4.1 (Debian 13) with the runbook's file
+DOVECONF_24 = """\
+protocols = imap
+listen = 127.0.0.71
+mail_driver = mbox
+mail_path = ~/mail
+mail_inbox_path = /var/mail/%{user}
+mail_privileged_group = mail
+ssl = required
+auth_allow_cleartext = no
+ssl_server {
+  cert_file = /etc/dovecot/private/mail-runbook.pem
+}
+login_trusted_networks = \n"""
+
+
+def test_dovecot_24_gets_its_own_setting_names_and_reads_them_back():
+    settings = dataclasses.replace(common.settings_for(stage_with(), DEBIAN_DELIVERY),
+                                   listen=("127.0.0.71",), syntax="2.4")
+    text = wanted.render_config(settings)
+    for line in ("mail_driver = mbox", "mail_path = ~/mail",
+                 "mail_inbox_path = /var/mail/%{user}", "auth_allow_cleartext = no",
+                 "ssl_server_cert_file = /etc/dovecot/private/mail-runbook.pem",
+                 "ssl_server_key_file = /etc/dovecot/private/mail-runbook.key"):
+        assert f"\n{line}\n" in text
+    assert "mail_location" not in text and "ssl_cert =" not in text and "%u" not in text
+    assert set(settings.values()) <= set(wanted.checked("2.4"))
+    current = wanted.parse_settings(DOVECONF_24)
+    assert current["ssl_server/cert_file"] == "/etc/dovecot/private/mail-runbook.pem"
+    assert wanted.settings_problems(settings.values(), current) == []
+    maildir = dataclasses.replace(settings, mail_location="maildir:~/Maildir")
+    assert maildir.mail() == {"mail_driver": "maildir", "mail_path": "~/Maildir"}
+    assert wanted.checked("2.3") == wanted.CHECKED
 
 
 def test_doveconf_warnings_are_complaints():

@@ -133,6 +133,36 @@ def test_unknown_names_and_flavors_are_refused():
         lab.up(1, CHECKOUT, flavor="plan9")
 
 
+def test_debian_13_hosts_have_a_name_range_of_their_own():
+    assert lab._flavor("debian") == lab.DEBIAN  # no --release: Debian 12, as before
+    trixie = lab._flavor("debian", "13")
+    assert trixie == lab.DEBIAN_13 and trixie.suite == "trixie"
+    assert [h.name for h in lab._wanted(trixie, 2)] == ["trixie1", "trixie2"]
+    assert lab._host("trixie1").flavor == trixie and lab._host("trixie1").address == "127.0.0.71"
+    assert lab._host("trixie29").address == "127.0.0.99"
+    assert lab._host("deb9").flavor == lab.DEBIAN
+    with pytest.raises(LabError, match=r"runs release 12 or 13.*--release 12"):
+        lab._flavor("debian", "11")
+    with pytest.raises(LabError, match=r"not a name for a debian 12 host: those are deb1"):
+        lab.up_host("trixie1", release="12")
+
+
+def test_another_releases_sources_are_this_machines_own_with_the_suite_renamed():
+    deb822 = ("Types: deb\nURIs: http://mirror.invalid/debian\n"
+              "Suites: bookworm bookworm-updates\nComponents: main\n\n"
+              "Types: deb\nURIs: http://mirror.invalid/debian-security\n"
+              "Suites: bookworm-security\nComponents: main\n")
+    renamed = lab.image._resuite(deb822, "bookworm", "trixie")
+    assert "Suites: trixie trixie-updates\n" in renamed
+    assert "Suites: trixie-security\n" in renamed and "bookworm" not in renamed
+    assert renamed.count("URIs: http://mirror.invalid/") == 2
+    one_line = ("deb [signed-by=/k.gpg] http://mirror.invalid/debian bookworm main\n"
+                "# deb http://mirror.invalid/debian bookworm contrib\n")
+    assert lab.image._resuite(one_line, "bookworm", "trixie") == (
+        "deb [signed-by=/k.gpg] http://mirror.invalid/debian trixie main\n"
+        "# deb http://mirror.invalid/debian bookworm contrib\n")
+
+
 # --- real hosts ------------------------------------------------------------------------------
 
 @pytest.mark.lab

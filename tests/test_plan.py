@@ -19,7 +19,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 # The default run: the Postfix stages and Dovecot's.
 STAGES = ["00-preflight", "10-install", "20-enable", "30-configure", "40-start",
           "50-validate", "60-harden", "70-dovecot"]
-EXAMPLES = ["example-openbsd", "example-openbsd-7", "example-debian"]
+EXAMPLES = ["example-openbsd", "example-openbsd-7", "example-debian", "example-debian-13"]
 
 
 def rendered(name: str) -> str:

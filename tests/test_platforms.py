@@ -27,11 +27,12 @@ def test_identify():
         "ubuntu", "24.04")
 
 
-def test_choose_debian_12_and_refuse_the_rest_with_a_reason():
+def test_choose_debian_12_or_13_and_refuse_the_rest_with_a_reason():
     profile = platforms.choose("debian", "12")
     assert isinstance(profile, platforms.Debian) and profile.postconf == "/usr/sbin/postconf"
-    with pytest.raises(UnsupportedPlatform, match=r"Debian 13 is not supported"):
-        platforms.choose("debian", "13")
+    assert platforms.choose("debian", "13").label == "Debian 13"
+    with pytest.raises(UnsupportedPlatform, match=r"Debian 14 is not supported"):
+        platforms.choose("debian", "14")
     with pytest.raises(UnsupportedPlatform, match=r"ubuntu 24\.04 is not a platform"):
         platforms.choose("ubuntu", "24.04")
     with pytest.raises(UnsupportedPlatform, match=r"OpenBSD 4\.9 is not supported"):
@@ -279,3 +280,23 @@ def test_mailer_conf_program():
     assert platforms.mailer_conf_program(text) == "/usr/libexec/sendmail/sendmail"
     assert platforms.mailer_conf_program(text, "makemap") == "/usr/libexec/sendmail/makemap"
     assert platforms.mailer_conf_program("# sendmail x\n") is None
+
+
+def test_debian_13_reads_its_mail_log_from_the_journal_and_adds_no_syslog_daemon():
+    twelve, thirteen = platforms.choose("debian", "12"), platforms.choose("debian", "13")
+    assert twelve.mail_log == "/var/log/mail.log" and not twelve.mail_log_reader
+    assert twelve.mail_log_tail(5) == "tail -n 5 /var/log/mail.log"
+    assert thirteen.mail_log_reader.startswith("journalctl ")
+    assert "SYSLOG_FACILITY=2" in thirteen.mail_log_tail(5)
+    assert "journal" in thirteen.mail_log_shown
+    assert "syslog" in twelve.INSTALLS and "syslog" not in thirteen.INSTALLS
+
+
+def test_debian_postfix_check_notices_of_the_chroot_copies_are_no_complaints():
+    profile = platforms.choose("debian", "13")
+    said = ("updating /etc/hosts => /var/spool/postfix//etc/hosts\n"
+            "postfix/postfix-script: warning: not owned by postfix: /var/spool/postfix/x")
+    assert profile.check_complaints(said) == (
+        "postfix/postfix-script: warning: not owned by postfix: /var/spool/postfix/x")
+    notice = "updating /etc/services => /var/spool/postfix/etc/services"
+    assert profile.check_complaints(notice) == ""

@@ -1,4 +1,4 @@
-"""The lab: disposable real target hosts on this machine, Debian 12 and emulated OpenBSD.
+"""The lab: disposable real target hosts on this machine, Debian 12 and 13, emulated OpenBSD.
 
 One lab per machine, whichever checkout drives it. A base image is bootstrapped once with
 mmdebstrap; each host is an overlayfs over it (its own upper dir), booted by
@@ -6,7 +6,9 @@ mmdebstrap; each host is an overlayfs over it (its own upper dir), booted by
 own loopback address 127.0.0.N with its own host keys. `down` stops the hosts and keeps their
 state; `reset` replaces one with a fresh host.
 
-Two flavors. `debian` hosts (deb1 …, 127.0.0.11 …) are plain Debian 12. `openbsd` hosts
+Two flavors. `debian` hosts (deb1 …, 127.0.0.11 …) are plain Debian 12; with release 13,
+Debian 13 (trixie1 …, 127.0.0.71 …), bootstrapped the same way from this machine's own
+mirror (its apt sources with the suite renamed). `openbsd` hosts
 (obsd1 …, 127.0.0.41 …) are the same Debian underneath with an *emulated* OpenBSD layout on
 top, imitating OpenBSD 5.0 (the guide's era: sendmail, rc.conf.local edited by hand) or 7.6
 (smtpd, rcctl, doas): a layer per release, built once over the base, holds small labelled
@@ -24,6 +26,8 @@ Layout:
     hosts/<name>/                       upper/ work/ root/ debs-upper/ host.json known_hosts
                                         mail_password nspawn.pid nspawn.log
   /var/cache/mail-runbook/base-<suite>/ the base image (renamed into place when complete)
+  /var/cache/mail-runbook/sources-<suite>.sources
+                                        another release's apt sources, made from this machine's
   /var/cache/mail-runbook/layer-openbsd-<release>/
                                         an emulation layer: overlay upper dir over the base
   /var/cache/mail-runbook/debs/         .deb cache bound into every host
@@ -38,6 +42,8 @@ from runbook.errors import LabError
 from runbook.lab import config
 from runbook.lab.config import (
     DEBIAN,
+    DEBIAN_13,
+    FLAVORS,
     LABFILES,
     MAX_HOSTS,
     Host,
@@ -119,8 +125,13 @@ def up_host(name: str, release: str | None = None, checkout: Path | None = None,
     `release` (an OpenBSD host's), made afresh if `fresh`; its params file written. For
     whoever needs a host of their own by name (a test module), beside those `up` hands out."""
     named = _host(name)
-    known = named.flavor.release if named.record.exists() else None
+    # the record says which release a host is; else the name does, unless its prefix is shared
+    shared = sum(f.prefix == named.flavor.prefix for f in FLAVORS.values()) > 1
+    known = named.flavor.release if named.record.exists() or not shared else None
     kind = _flavor(named.flavor.name, release or known)
+    if kind.prefix != named.flavor.prefix:
+        raise LabError(f"{name} is not a name for a {kind.name} {kind.release} host: those are "
+                       f"{kind.prefix}1 … {kind.prefix}{MAX_HOSTS}")
     host = Host(kind, named.index)
     checkout = Path.cwd() if checkout is None else Path(checkout)
     with _images_ready(kind):
@@ -201,6 +212,7 @@ def status() -> list[dict]:
 
 __all__ = [
     "DEBIAN",
+    "DEBIAN_13",
     "LABFILES",
     "_flavor",
     "_host",

@@ -18,7 +18,9 @@ DEBS = CACHE / "debs"
 
 SSH_PORT = 22
 MAIL_USER = "mailtest"
-MAX_HOSTS = 29  # of a flavor: deb1..deb29 = 127.0.0.11..39, obsd1..obsd29 = 127.0.0.41..69
+# of a flavor: deb1..deb29 = 127.0.0.11..39, obsd1..obsd29 = 127.0.0.41..69,
+# trixie1..trixie29 (Debian 13) = 127.0.0.71..99
+MAX_HOSTS = 29
 LABFILES = Path(__file__).resolve().parent / "files"
 # nspawn cannot remove its dir in here when /run is not a tmpfs (it says "Attempted to
 # remove disk file system"); an empty dir, tidied by the lab
@@ -172,6 +174,12 @@ DEBIAN = Flavor(
     name="debian", release="12", prefix="deb", first_octet=10, suite="bookworm",
     include=_BASE_INCLUDE, predownload=_DEBIAN_PREDOWNLOAD,
 )
+# Debian 13 (trixie) is bootstrapped the same way, from this machine's mirror; its hosts have
+# a name range of their own (trixie1 … = 127.0.0.71 …), so no Debian 12 host name changes kind.
+DEBIAN_13 = Flavor(
+    name="debian", release="13", prefix="trixie", first_octet=70, suite="trixie",
+    include=_BASE_INCLUDE, predownload=_DEBIAN_PREDOWNLOAD,
+)
 # OpenBSD is emulated on the same base: base-system parts (syslogd, mail(1), doas) come from
 # Debian packages installed into the release's layer; pkg_add installs Postfix and Dovecot.
 OPENBSD_50 = Flavor(
@@ -185,7 +193,9 @@ OPENBSD_76 = Flavor(
     layer_packages=("rsyslog", "bsd-mailx", "opendoas"), login_user="admin", privilege="doas",
 )
 FLAVORS = {(flavor.name, flavor.release): flavor
-           for flavor in (DEBIAN, OPENBSD_50, OPENBSD_76)}
+           for flavor in (DEBIAN, DEBIAN_13, OPENBSD_50, OPENBSD_76)}
+# the release `lab up --flavor NAME` boots when no --release is given
+DEFAULT_RELEASE = {"debian": "12"}
 # units an emulated host must not start by itself: /etc/rc starts what OpenBSD would
 EMULATION_MASKED_UNITS = (
     "rsyslog.service", "syslog.socket", "postfix.service", "postfix@.service",
@@ -253,8 +263,10 @@ def _flavor(name: str, release: str | None = None) -> Flavor:
         raise LabError(f"unknown lab flavor {name!r}: choose one of {names}")
     if release is None and len(releases) == 1:
         release = releases[0]
+    release = release or DEFAULT_RELEASE.get(name)
     if (name, release) not in FLAVORS:
-        raise LabError(f"the {name} flavor of the lab imitates release "
+        verb = "imitates" if FLAVORS[name, releases[0]].emulated else "runs"
+        raise LabError(f"the {name} flavor of the lab {verb} release "
                        f"{' or '.join(releases)}, not {release}: give --release "
                        f"{' or --release '.join(releases)}")
     return FLAVORS[name, release]
@@ -265,8 +277,10 @@ def _host(name: str) -> Host:
     match = re.fullmatch(r"([a-z]+)([1-9][0-9]*)", name)
     kinds = [f for f in FLAVORS.values() if match and f.prefix == match[1]]
     if not kinds or int(match[2]) > MAX_HOSTS:
-        raise LabError(f"{name!r} is not a lab host name: they are deb1 … deb{MAX_HOSTS} and "
-                       f"obsd1 … obsd{MAX_HOSTS} (see `runbook lab status`)")
+        ranges = ", ".join(dict.fromkeys(f"{f.prefix}1 … {f.prefix}{MAX_HOSTS}"
+                                         for f in FLAVORS.values()))
+        raise LabError(f"{name!r} is not a lab host name: they are {ranges} "
+                       "(see `runbook lab status`)")
     if len(kinds) > 1:  # one prefix, several releases: the record says which
         release = _read_json(HOSTS / name / "host.json").get("release")
         kinds = [f for f in kinds if f.release == release] or kinds[-1:]

@@ -62,16 +62,62 @@ def _preflight(build: Flavor | None = None) -> None:
 
 
 def _apt_sources(suite: str) -> Path:
-    """This machine's own apt sources file for `suite`: the lab never names a mirror itself."""
+    """This machine's own apt sources file for `suite`: the lab never names a mirror itself.
+    Another release of Debian than the machine's (trixie on a bookworm machine) comes from
+    the same mirror: its sources are the machine's own with the suite names changed."""
+    found = _sources_naming(suite)
+    if found:
+        return found
+    own = _own_codename()
+    mine = _sources_naming(own) if own else None
+    if mine is None:
+        raise LabError(f"no apt source for {suite} (nor for this machine's own release) in "
+                       "/etc/apt/sources.list or sources.list.d: the lab bootstraps its image "
+                       "from this machine's own Debian mirror; add one")
+    kind = ".sources" if mine.suffix == ".sources" else ".list"  # deb822 or one-line
+    derived = config.CACHE / f"sources-{suite}{kind}"
+    derived.parent.mkdir(parents=True, exist_ok=True)
+    derived.write_text(_resuite(mine.read_text(), own, suite))
+    return derived
+
+
+def _sources_naming(suite: str) -> Path | None:
     etc = Path("/etc/apt")
     candidates = [*sorted(etc.glob("sources.list.d/*.sources")),
                   *sorted(etc.glob("sources.list.d/*.list")), etc / "sources.list"]
     pattern = re.compile(rf"^(Suites:|deb\s).*\s{suite}(\s|$)", re.MULTILINE)
-    for path in candidates:
-        if path.is_file() and pattern.search(path.read_text()):
-            return path
-    raise LabError(f"no apt source for {suite} in {etc}/sources.list or sources.list.d: the lab "
-                   f"bootstraps its image from this machine's own Debian mirror; add one")
+    return next((path for path in candidates
+                 if path.is_file() and pattern.search(path.read_text())), None)
+
+
+def _own_codename() -> str | None:
+    try:
+        text = Path("/etc/os-release").read_text()
+    except FileNotFoundError:
+        return None
+    match = re.search(r"^VERSION_CODENAME=\"?([a-z]+)\"?$", text, re.MULTILINE)
+    return match[1] if match else None
+
+
+def _resuite(text: str, old: str, new: str) -> str:
+    """Sources text with the suites `old`, `old-updates`, `old-security` … renamed for `new`
+    (deb822 `Suites:` fields and one-line `deb` entries; URIs and comments untouched)."""
+    def rename(word: str) -> str:
+        return new + word[len(old):] if word == old or word.startswith(old + "-") else word
+
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("Suites:"):
+            words = line[len("Suites:"):].split()
+            line = "Suites: " + " ".join(rename(w) for w in words) + "\n"
+        elif re.match(r"deb(-src)?\s", line):
+            words = line.split()  # deb [options] URI SUITE COMPONENTS…
+            uri = 1 if not words[1].startswith("[") else 1 + next(
+                i for i, w in enumerate(words) if w.endswith("]"))
+            words[uri + 1] = rename(words[uri + 1])
+            line = " ".join(words) + "\n"
+        lines.append(line)
+    return "".join(lines)
 
 
 @contextmanager

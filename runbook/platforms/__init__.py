@@ -7,7 +7,8 @@ profile's paths.
 
 - profile.py: the contract (`Profile` for Postfix, `DovecotContract` for Dovecot);
 - choice.py: which profile a host gets (`detect`, `choose`, the `FAMILIES` registry);
-- debian/: Debian 12, a profile made of apt, systemd, rsyslog and Dovecot parts;
+- debian/: Debian 12 and 13, a profile made of apt, systemd, rsyslog (the journal on 13)
+  and Dovecot parts;
 - openbsd/: OpenBSD in two eras, `OpenBSDRcConf` (5.0 as the guide has it, up to 5.6)
   and `OpenBSDRcctl` (5.7 and later), sharing `OpenBSD`;
 - stock/: a fresh host's files per platform, for `runbook plan`.

@@ -39,6 +39,7 @@ class DovecotContract:
     dovecot_cert: ClassVar[str] = ""  # where a generated self-signed certificate is kept
     dovecot_key: ClassVar[str] = ""
     dovecot_privileged_group: ClassVar[str] = ""  # may dotlock in the mail spool; "" none
+    dovecot_syntax: ClassVar[str] = "2.3"  # the configuration syntax of its Dovecot (2.3, 2.4)
 
     def dovecot_tool(self, name: str) -> str:
         return f"{self.dovecot_sbin if name == 'dovecot' else self.dovecot_bin}/{name}"
@@ -82,8 +83,26 @@ class DovecotContract:
         raise self._no_dovecot()
 
 
+class MailLog:
+    """The mail log (G18, G24): a file (`mail_log`), or a command that prints it
+    (`mail_log_reader`: the journal), both fields of `Profile`."""
+
+    mail_log: str
+    mail_log_reader: str
+
+    @property
+    def mail_log_shown(self) -> str:
+        """Where the mail log is, as a message names it."""
+        return self.mail_log or f"the journal, `{self.mail_log_reader}`"
+
+    def mail_log_tail(self, lines: int) -> str:
+        if self.mail_log_reader:
+            return f"{self.mail_log_reader} | tail -n {int(lines)}"
+        return f"tail -n {int(lines)} {q(self.mail_log)}"
+
+
 @dataclass(frozen=True)
-class Profile(DovecotContract):
+class Profile(MailLog, DovecotContract):
     """The paths and procedures of one platform. Methods taking `stage` read the facts they
     need (through `facts.read`, so several share one round trip) and return a `Plan`."""
 
@@ -104,6 +123,8 @@ class Profile(DovecotContract):
     state_dir: str = "/var/lib/mail-runbook"  # small markers the runbook keeps on the host
     mail_reader: str = "mail"  # the command-line reader the guide uses (G19)
     stock: str = ""  # runbook/platforms/stock/<stock>: a fresh host's files, for `runbook plan`
+    # a command printing the mail log where it is no file (the journal); else mail_log is read
+    mail_log_reader: str = ""
 
     # --- paths ---------------------------------------------------------------------------
     def tool(self, name: str) -> str:
@@ -170,6 +191,10 @@ class Profile(DovecotContract):
         """The command for G14. postfix-script logs its warnings with postlog, which also
         prints them only when stderr is a terminal: a profile must make them visible."""
         return f"{q(self.postfix)} check"
+
+    def check_complaints(self, said: str) -> str:
+        """What `postfix check` printed that is a complaint (a profile drops its notices)."""
+        return said
 
     def settle(self, path: str) -> Run:
         """Postfix's commands pause until main.cf is two seconds old (so as not to read a

@@ -178,14 +178,19 @@ def parse_queue_log(text: str, qid: str) -> Delivery:
     return found
 
 
-def follow_log_command(log: str, qid: str, seconds: float) -> str:
+def follow_log_command(log: str, qid: str, seconds: float, reader: str = "") -> str:
     """Wait (on the target, bounded) until the log shows `qid` finished, then print its
-    lines: one round trip however long delivery takes."""
+    lines: one round trip however long delivery takes. `log` is the (quoted) file, unless
+    `reader` is a command that prints the log (the journal)."""
     steps = max(1, int(seconds / 0.1))
     pattern = f"{qid}: (removed|.*status=(bounced|deferred|expired))"
+    done, lines = f"grep -Eq '{pattern}'", f"grep -F ' {qid}: '"
+    if reader:
+        done, lines = f"{reader} 2>/dev/null | {done}", f"{reader} | {lines}"
+    else:
+        done, lines = f"{done} {log} 2>/dev/null", f"{lines} {log}"
     return (f"i=0; while [ $i -lt {steps} ]; do "
-            f"grep -Eq '{pattern}' {log} 2>/dev/null && break; i=$((i+1)); sleep 0.1; done; "
-            f"grep -F ' {qid}: ' {log}")
+            f"{done} && break; i=$((i+1)); sleep 0.1; done; {lines}")
 
 
 def split_mbox(text: str) -> list[str]:

@@ -68,6 +68,7 @@ class DebianPackages:
         "syslog": ("rsyslog", "syslog-ng-core", "busybox-syslogd", "inetutils-syslogd"),
         "reader": ("bsd-mailx", "mailutils", "s-nail"),
     }
+    INSTALLS: ClassVar[tuple[str, ...]] = ("postfix", "syslog", "reader")  # roles G1 fills
     SERVICES: ClassVar[tuple[str, ...]]  # DebianServices: a package's service enabled at install
 
     def packages(self) -> Fact:
@@ -77,7 +78,7 @@ class DebianPackages:
 
     async def install(self, stage) -> Plan:
         installed = await facts.read_one(stage, self.packages())
-        wanted = [package for package, *others in self.PACKAGES.values()
+        wanted = [package for package, *others in map(self.PACKAGES.get, self.INSTALLS)
                   if not any(installed.get(p) for p in (package, *others))]
         have = ", ".join(sorted(p for p, ok in installed.items() if ok)) or "none of them"
         plan = Plan("install Postfix", found=f"installed: {have}")

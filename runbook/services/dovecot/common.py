@@ -16,6 +16,7 @@ from runbook.services.dovecot.wanted import (
     DELIVERY_SETTINGS,
     Settings,
     certificate,
+    checked,
     listen_addresses,
     mail_location,
     protocols,
@@ -114,6 +115,11 @@ def doveconf(stage, names: tuple[str, ...] = ()) -> Fact:
     return facts.command_output(f"doveconf {args}", f"{doveconf} {args} 2>&1")
 
 
+def read_back(stage) -> Fact:
+    """`doveconf` of the settings the check compares, in the syntax of the host's Dovecot."""
+    return doveconf(stage, checked(stage.platform.dovecot_syntax))
+
+
 def settings_for(stage, values: dict[str, str] | None) -> Settings:
     """The wanted settings, from Postfix's effective delivery values (or, in a dry run on a
     host without Postfix yet, the platform's defaults)."""
@@ -126,7 +132,7 @@ def settings_for(stage, values: dict[str, str] | None) -> Settings:
         mail_location=mail_location(params.dovecot.mailbox_format, values),
         privileged_group=(profile.dovecot_privileged_group
                           if params.dovecot.mailbox_format == "mbox" else ""),
-        ssl_cert=c.cert, ssl_key=c.key)
+        ssl_cert=c.cert, ssl_key=c.key, syntax=profile.dovecot_syntax)
 
 
 async def delivery_values(stage) -> dict[str, str] | None:

@@ -31,14 +31,13 @@ from runbook.remote.probes import TIMEOUT
 from runbook.services.dovecot.common import (
     described,
     disabled,
-    doveconf,
     master_fact,
+    read_back,
     scratch,
     when_wanted,
 )
 from runbook.services.dovecot.tls import tls_via_ssh
 from runbook.services.dovecot.wanted import (
-    CHECKED,
     PORTS,
     connect_address,
     is_ip,
@@ -315,7 +314,7 @@ async def probe_plaintext_refused(stage) -> Outcome:
     source = params.postfix.probe_source
     trusted = scratch(stage).get("trusted")
     if trusted is None:
-        (out, _), = await facts.read(stage, doveconf(stage, CHECKED))
+        (out, _), = await facts.read(stage, read_back(stage))
         trusted = parse_settings(out).get("login_trusted_networks", "")
     if source and (source == address or _inside(source, trusted)):
         raise OperationFailed(

@@ -20,6 +20,7 @@ from runbook.services.dovecot.common import (
     doveconf,
     master_fact,
     pending,
+    read_back,
     scratch,
     settings_for,
     stamp_path,
@@ -28,15 +29,14 @@ from runbook.services.dovecot.common import (
 from runbook.services.dovecot.login import keep_secret, test_password
 from runbook.services.dovecot.tls import certificate_fact
 from runbook.services.dovecot.wanted import (
-    CHECKED,
     DELIVERY_SETTINGS,
     PORTS,
+    checked,
     delivery_problems,
     doveconf_complaints,
     expected_sockets,
     is_ip,
     listen_addresses,
-    mail_location,
     parse_settings,
     protocols,
     render_config,
@@ -69,7 +69,8 @@ def _describe_check_config(stage) -> list[str]:
     doveconf = stage.platform.dovecot_tool("doveconf")
     wanted = settings_for(stage, None).values()
     return [f"$ {doveconf} -n    # shown; no warning or error",
-            f"$ {doveconf} {' '.join(CHECKED)}    # each as written:",
+            f"$ {doveconf} {' '.join(checked(stage.platform.dovecot_syntax))}    # each as "
+            "written:",
             *(f"#   {k} = {v}" for k, v in wanted.items())]
 
 
@@ -107,7 +108,7 @@ async def check_delivery(stage) -> Outcome:
     if problems and not stage.dry_run:
         raise OperationFailed("Postfix does not deliver where Dovecot would read:\n  "
                               + "\n  ".join(problems))
-    location = mail_location(fmt, values)
+    location = settings_for(stage, values).location
     detail = (f"dry run: would differ: {'; '.join(problems)}" if problems
               else f"{fmt}: Dovecot reads {location}")
     return Outcome("", "ok", detail, evidence=shown, value=location)
@@ -143,7 +144,7 @@ async def ensure_config(stage) -> Plan:
     text = await facts.read_one(stage, conf_fact(stage))
     new = render_config(settings)
     plan = Plan("Dovecot configuration", found=(
-        f"listen {', '.join(settings.listen)}; {settings.mail_location}; "
+        f"listen {', '.join(settings.listen)}; {settings.location}; "
         f"protocols {' '.join(settings.protocols)}; TLS {settings.ssl_cert}"))
     scratch(stage)["settings"] = settings
     if text != new:
@@ -168,7 +169,7 @@ async def check_config(stage) -> Outcome:
     settings = scratch(stage).get("settings") or settings_for(stage, await delivery_values(stage))
     wanted = settings.values()
     (shown, status), (values, _) = await facts.read(stage, doveconf(stage),
-                                                    doveconf(stage, CHECKED))
+                                                    read_back(stage))
     complaints = doveconf_complaints(shown) + doveconf_complaints(values)
     current = parse_settings(values)
     scratch(stage)["trusted"] = current.get("login_trusted_networks", "")
@@ -239,7 +240,7 @@ async def verify_listening(stage) -> Outcome:
         if stage.dry_run:
             return Outcome("", "skipped", "dry run: Dovecot is not running")
         raise OperationFailed("Dovecot's master process is not running; see the mail log "
-                              f"({profile.mail_log}) for why it stopped")
+                              f"({profile.mail_log_shown}) for why it stopped")
     evidence = "\n".join(f"{a}:{p} dovecot pid {pid}" for a, p in sorted(ours))
     if strangers:
         raise OperationFailed("other processes of this host also listen on Dovecot's ports: "
@@ -288,7 +289,7 @@ def _prefetch(stage) -> list[Fact]:
         return []
     profile = stage.platform
     found = [delivery_fact(stage), conf_fact(stage), master_fact(stage), profile.listeners(),
-             doveconf(stage), doveconf(stage, CHECKED)]
+             doveconf(stage), read_back(stage)]
     with contextlib.suppress(Exception):  # a platform without Dovecot, a half-given
         found += [profile.dovecot_packages(), profile.dovecot_boot()]  # certificate:
     with contextlib.suppress(Exception):  # the operation that needs it says so

@@ -12,6 +12,18 @@ PORTS = {"imap": (143, 993), "pop3": (110, 995)}  # plain (STARTTLS), TLS
 # The settings the check reads back (a fixed list, so the stage's first read fetches them).
 CHECKED = ("protocols", "listen", "mail_location", "mail_privileged_group", "ssl",
            "disable_plaintext_auth", "ssl_cert", "login_trusted_networks")
+# Dovecot 2.4 (Debian 13) renamed them: mail_location became mail_driver, mail_path and
+# mail_inbox_path; ssl_cert = <FILE became ssl_server_cert_file = FILE (which doveconf shows
+# inside `ssl_server { cert_file }`); disable_plaintext_auth became auth_allow_cleartext
+# (inverted); %u is %{user}.
+CHECKED_24 = ("protocols", "listen", "mail_driver", "mail_path", "mail_inbox_path",
+              "mail_privileged_group", "ssl", "auth_allow_cleartext", "ssl_server/cert_file",
+              "login_trusted_networks")
+
+
+def checked(syntax: str) -> tuple[str, ...]:
+    """The settings the check reads back, in the configuration syntax of that Dovecot."""
+    return CHECKED_24 if syntax == "2.4" else CHECKED
 
 
 def listen_addresses(params) -> list[str]:
@@ -97,20 +109,53 @@ class Settings:
 
     protocols: tuple[str, ...]
     listen: tuple[str, ...]
-    mail_location: str
+    mail_location: str  # as Dovecot 2.3 writes it; 2.4's three settings are made from it
     privileged_group: str
     ssl_cert: str
     ssl_key: str
+    syntax: str = "2.3"  # the Dovecot whose configuration syntax is written: 2.3 or 2.4
+
+    def mail(self) -> dict[str, str]:
+        """Where the mail is: 2.3's mail_location, or 2.4's mail_driver, mail_path and (an
+        mbox spool as INBOX) mail_inbox_path."""
+        if self.syntax != "2.4":
+            return {"mail_location": self.mail_location}
+        driver, _, rest = self.mail_location.partition(":")
+        path, _, inbox = rest.partition(":INBOX=")
+        found = {"mail_driver": driver, "mail_path": path}
+        if inbox:
+            found["mail_inbox_path"] = inbox.replace("%u", "%{user}")
+        return found
+
+    def tls(self) -> dict[str, str]:
+        if self.syntax == "2.4":
+            return {"ssl_server_cert_file": self.ssl_cert, "ssl_server_key_file": self.ssl_key}
+        return {"ssl_cert": f"<{self.ssl_cert}", "ssl_key": f"<{self.ssl_key}"}
+
+    def cleartext(self) -> dict[str, str]:
+        """Passwords only over TLS."""
+        if self.syntax == "2.4":
+            return {"auth_allow_cleartext": "no"}
+        return {"disable_plaintext_auth": "yes"}
+
+    @property
+    def location(self) -> str:
+        """Where the mail is, in one line of this syntax."""
+        return " ".join(f"{k}={v}" for k, v in self.mail().items()) if self.syntax == "2.4" \
+            else self.mail_location
 
     def values(self) -> dict[str, str]:
         """What `doveconf NAME…` must print for each setting."""
+        # the certificate only (the key is the certificate's pair), as doveconf names it
+        tls = ({"ssl_server/cert_file": self.ssl_cert} if self.syntax == "2.4"
+               else {"ssl_cert": f"<{self.ssl_cert}"})
         values = {
             "protocols": " ".join(self.protocols),
             "listen": ", ".join(self.listen),
-            "mail_location": self.mail_location,
+            **self.mail(),
             "ssl": "required",
-            "disable_plaintext_auth": "yes",
-            "ssl_cert": f"<{self.ssl_cert}",
+            **self.cleartext(),
+            **tls,
         }
         if self.privileged_group:
             values["mail_privileged_group"] = self.privileged_group
@@ -130,7 +175,7 @@ def render_config(settings: Settings) -> str:
         f"listen = {', '.join(settings.listen)}",
         "",
         "# The mailboxes Postfix delivers to.",
-        f"mail_location = {settings.mail_location}",
+        *(f"{name} = {value}" for name, value in settings.mail().items()),
     ]
     if settings.privileged_group:
         lines += ["# Dotlocks in the mail spool need the spool's group.",
@@ -139,32 +184,32 @@ def render_config(settings: Settings) -> str:
         "",
         "# TLS always; passwords only over TLS (or from the server itself).",
         "ssl = required",
-        f"ssl_cert = <{settings.ssl_cert}",
-        f"ssl_key = <{settings.ssl_key}",
-        "disable_plaintext_auth = yes",
+        *(f"{name} = {value}" for name, value in settings.tls().items()),
+        *(f"{name} = {value}" for name, value in settings.cleartext().items()),
     ]
     return "\n".join(lines) + "\n"
 
 
 def parse_settings(text: str) -> dict[str, str]:
-    """`doveconf NAME…` (or the top level of `doveconf -n`): name = value lines, sections
-    skipped."""
-    found, depth = {}, 0
+    """`doveconf NAME…` (or `doveconf -n`): name = value lines; a setting inside a section
+    is named by its path, `ssl_server/cert_file` (as doveconf's own arguments name it)."""
+    found: dict[str, str] = {}
+    sections: list[str] = []
     for line in text.splitlines():
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         if stripped.endswith("{"):
-            depth += 1
+            sections.append(stripped[:-1].strip())
             continue
         if stripped == "}":
-            depth = max(0, depth - 1)
+            sections = sections[:-1]
             continue
         name, sep, value = stripped.partition(" = ")
-        if depth == 0 and sep:
-            found[name] = value.strip()
-        elif depth == 0 and stripped.endswith(" ="):
-            found[stripped[:-2].strip()] = ""
+        if not sep and stripped.endswith(" ="):
+            name, sep, value = stripped[:-2].strip(), "=", ""
+        if sep:
+            found["/".join([*sections, name])] = value.strip()
     return found
 
 

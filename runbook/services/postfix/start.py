@@ -32,7 +32,7 @@ async def check_postfix(stage) -> Outcome:
     if not await installed(stage):
         return Outcome("", "skipped", "Postfix is not installed yet")
     result = await stage.run(profile.postfix_check(), check=False)
-    said = (result.stdout + result.stderr).replace("\r", "").strip()
+    said = profile.check_complaints((result.stdout + result.stderr).replace("\r", "").strip())
     if result.exit_status != 0 or said:
         raise OperationFailed(
             f"postfix check complained (exit {result.exit_status}):\n{said}\n"
@@ -149,7 +149,7 @@ async def verify_listening(stage) -> Outcome:
                          if s.port == 25)
     if pid is None:
         raise OperationFailed("the Postfix master process is not running; see the mail log "
-                              f"({profile.mail_log}) for why it stopped")
+                              f"({profile.mail_log_shown}) for why it stopped")
     if not good:
         raise OperationFailed(
             f"port 25 of master {pid} listens on {sorted(ours) or 'nothing'}, but "

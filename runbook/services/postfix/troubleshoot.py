@@ -26,8 +26,9 @@ async def show_queue(stage) -> Outcome:
 
 @operation("G24 the end of the mail log")
 async def show_mail_log(stage, lines: int = 40) -> Outcome:
-    log = stage.platform.mail_log
-    return await _show(stage, f"tail -n {int(lines)} {q(log)}", f"last {lines} lines of {log}")
+    profile = stage.platform
+    return await _show(stage, profile.mail_log_tail(lines),
+                       f"last {lines} lines of {profile.mail_log_shown}")
 
 
 @operation("G24 DNS as Postfix sees it (the chroot's resolv.conf)")

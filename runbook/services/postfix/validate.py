@@ -75,18 +75,23 @@ async def send_test_message(stage) -> Outcome:
                    f"(EHLO listed {', '.join(extensions)})", evidence=smtp.shown(), value=sent)
 
 
+def _follow(profile, qid: str) -> str:
+    return probes.follow_log_command(q(profile.mail_log), qid, LOG_WAIT,
+                                     reader=profile.mail_log_reader)
+
+
 @operation("G18 the mail log follows the queue id to status=sent",
            offline=lambda stage: [
-               f"$ {probes.follow_log_command(q(stage.platform.mail_log), 'QUEUEID', LOG_WAIT)}",
+               f"$ {_follow(stage.platform, 'QUEUEID')}",
                "# QUEUEID from G17: its client, from, to, relay=local, status=sent, removed "
                f"(waits up to {LOG_WAIT:.0f} s)"])
 async def follow_mail_log(stage) -> Outcome:
     sent = scratch(stage).get("sent")
     if sent is None:
         return Outcome("", "skipped", "no test message was sent in this stage")
-    log = stage.platform.mail_log
+    log = stage.platform.mail_log_shown
     qid = sent["queue_id"]
-    result = await stage.run(probes.follow_log_command(q(log), qid, LOG_WAIT), check=False,
+    result = await stage.run(_follow(stage.platform, qid), check=False,
                              timeout=LOG_WAIT + 15, stream=False)
     delivery = probes.parse_queue_log(result.stdout, qid)
     shown = "\n".join(delivery.lines)
