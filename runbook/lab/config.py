@@ -27,6 +27,10 @@ LABFILES = Path(__file__).resolve().parent / "files"
 NSPAWN_PROPAGATE = Path("/run/systemd/nspawn/propagate")
 BOOT_TIMEOUT = 60.0  # seconds from starting nspawn to a real SSH login
 HALT_TIMEOUT = 15.0  # seconds for a clean halt before SIGKILL
+# Each host's systemd and its services hold ~7 inotify instances, all counted against root
+# on this machine; Linux's default of 128 runs out at about 17 hosts, and a host past it boots
+# with units failing ("Too many open files"). The lab raises the limit to this when lower.
+INOTIFY_INSTANCES = 1024
 
 # sudo or cron may hand us a PATH without the sbin directories
 PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin",

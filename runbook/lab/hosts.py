@@ -19,6 +19,7 @@ from runbook.lab.config import (
     EMULATION_MARKER,
     ETC_HOSTS,
     HALT_TIMEOUT,
+    INOTIFY_INSTANCES,
     MAIL_USER,
     NSPAWN_PROPAGATE,
     PARAMS,
@@ -34,6 +35,7 @@ from runbook.lab.image import _lowers
 from runbook.lab.system import (
     _address_present,
     _chroot,
+    _ensure_inotify_instances,
     _env,
     _mounted,
     _port_open,
@@ -103,6 +105,7 @@ def _add_mail_user(host: Host) -> None:
 
 
 def _boot(host: Host) -> None:
+    _ensure_inotify_instances(INOTIFY_INSTANCES)
     _mount(host)
     _add_address(host)
     (host.dir / "debs-upper").mkdir(exist_ok=True)

@@ -40,6 +40,16 @@ def _address_present(address: str) -> bool:
     return f" {address}/" in _run("ip", "-4", "-o", "addr", "show", "dev", "lo")
 
 
+def _ensure_inotify_instances(minimum: int) -> None:
+    """fs.inotify.max_user_instances at least `minimum` (see config.INOTIFY_INSTANCES)."""
+    limit = Path("/proc/sys/fs/inotify/max_user_instances")
+    try:
+        if int(limit.read_text()) < minimum:
+            limit.write_text(f"{minimum}\n")
+    except OSError as e:
+        raise LabError(f"cannot raise {limit} to {minimum} for the lab's hosts: {e}") from None
+
+
 def _port_open(address: str) -> bool:
     try:
         socket.create_connection((address, SSH_PORT), timeout=0.5).close()
