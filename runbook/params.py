@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -296,6 +297,23 @@ class Platform(Section):
         pattern=_whole(r"(https?|ftp|file)://[A-Za-z0-9._~:/%+-]+|/[A-Za-z0-9._/-]+"),
         description="OpenBSD: PKG_PATH for pkg_add (releases before installurl, e.g. 5.0).",
     )
+
+    @field_validator("release")
+    @classmethod
+    def _release_is_supported(cls, release: str | None, info) -> str | None:
+        """A named system and release must be one the runbook has a profile for: said here,
+        before any connection, rather than in preflight."""
+        name = info.data.get("name")
+        if release is None or name in (None, "auto"):
+            return release
+        from runbook.platforms.choice import choose  # the profiles are pure: no connection
+        from runbook.platforms.profile import UnsupportedPlatform
+
+        try:
+            choose(name, release, name, release)
+        except UnsupportedPlatform as e:
+            raise ValueError(str(e)) from None
+        return release
 
 
 class Postfix(Section):

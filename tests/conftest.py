@@ -25,10 +25,11 @@ def lab_hosts() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def lab_host(lab_hosts) -> dict:
-    """The first Debian lab host, fresh (reset) for each test module that uses it."""
+    """The first Debian 12 lab host, fresh (reset) for each test module that uses it."""
     from runbook import lab
 
-    name = next(h["name"] for h in lab_hosts if h["flavor"] == "debian")
+    name = next(h["name"] for h in lab_hosts
+                if (h["flavor"], h["release"]) == ("debian", "12"))
     return lab.reset(name)
 
 

@@ -255,8 +255,14 @@ def test_ctrl_c_stops_new_work_and_leaves_every_record_verifiable(fleet):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
+    # a shell without job control starts background commands with SIGINT ignored (as CI
+    # runners may): give this process the terminal's default, as an operator's shell would
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_once_a_host_is_past_preflight, daemon=True).start()
-    data = fleet.run(forks=3, out=out)
+    try:
+        data = fleet.run(forks=3, out=out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert data["stopped"] == "interrupted (Ctrl-C)"
     hosts = list(records(data).values())
     stopped = [h for h in hosts if h["reason"].startswith("stopped before")]

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.lab
 PROJECT = Path(__file__).resolve().parent.parent
 SETUP = ["00-preflight", "10-install"]
 SWITCH = ["20-enable", "30-configure", "40-start", "50-validate", "60-harden"]
-FLAVORS = {"debian-12": ("debian", None, "RUNBOOK_TEST_HOST"),
+FLAVORS = {"debian-12": ("debian", "12", "RUNBOOK_TEST_HOST"),
            "openbsd-5.0": ("openbsd", "5.0", "RUNBOOK_TEST_OPENBSD50"),
            "openbsd-7.6": ("openbsd", "7.6", "RUNBOOK_TEST_OPENBSD76")}
 TIMINGS: dict[str, float] = {}
@@ -49,7 +49,7 @@ def fresh_host(flavor: str) -> dict:
         if not chosen:
             hosts = lab.up(1, checkout=PROJECT, flavor=name, release=release)
             chosen = next(h["name"] for h in hosts if h["flavor"] == name
-                          and (release is None or h["release"] == release))
+                          and h["release"] == release)
         return lab.reset(chosen)
     except Exception as e:
         pytest.fail(f"the lab could not give a fresh {flavor} host: {e}")

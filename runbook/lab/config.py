@@ -317,7 +317,7 @@ def _all_hosts() -> list[Host]:
             hosts.append(_host(path.name))
         except LabError:
             continue  # not a host dir
-    return sorted(hosts, key=lambda h: (h.flavor.name, h.index))
+    return sorted(hosts, key=lambda h: (h.flavor.name, h.flavor.release, h.index))
 
 
 # --- a host's record (host.json) ----------------------------------------------------------
