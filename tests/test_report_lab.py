@@ -1,23 +1,28 @@
 """The report and the docs site of real lab runs, opened in Debian's headless Chromium.
 
-One real default run on the module's fresh lab host serves every test (the runner writes its
-report); a run failing in 40-start on the same host, and a preflight run on deb3 for the
-fleet matrix. Every page is opened with each request watched: none may leave the file.
-Needs root, the lab and /usr/bin/chromium; fails (never skips) without them.
+One real default run serves every test: deb3 made fresh, then a fleet run of deb3 and a host
+nobody answers for (so the fleet folder, fleet.json and all, is a real one); each host's
+runner writes its report. Then a run on deb3 failing in 40-start. Every page is opened with
+each request watched: none may leave the file. Needs root, the lab and /usr/bin/chromium;
+fails (never skips) without them. deb3 is stopped at the end.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 import labrun
 import pytest
+import yaml
 from labrun import ssh
 
-from runbook import cli, lab
+from runbook import cli, inventory, lab
+from runbook.fleet import controller, record
 from runbook.report import steps
 from runbook.run import manifest
 
@@ -30,12 +35,20 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-quic"]
 DEFAULT = [s.name for s in manifest.MANIFEST if s.default]
-FLEET_HOST = "deb3"  # the second host of the fleet matrix: this module's own
+HOST = "deb3"  # this module's own lab host
+GONE = "gone"  # the fleet's second host: deb3's address on a port nothing listens on
 
 
 @pytest.fixture(scope="module")
-def host(request) -> dict:
-    return labrun.module_host(request)
+def host():
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root: they boot real target hosts (run `make test` as root)")
+    try:
+        made = lab.up_host(HOST, checkout=PROJECT, fresh=True)
+    except Exception as e:
+        pytest.fail(f"the lab could not give a fresh {HOST}: {e}")
+    yield made
+    lab.down([HOST])  # the reports need only the records
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +57,22 @@ def runs(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def full_run(host, runs) -> Path:
-    return labrun.run(runs, host["params_file"], DEFAULT)
+def fleet(host, runs) -> Path:
+    """The fleet folder of a real fleet run: deb3's default run, and a host unreachable."""
+    params = yaml.safe_load(Path(host["params_file"]).read_text())
+    gone = inventory.merge(params, {"target": {"port": 1}})
+    path = runs / "fleet.yaml"
+    path.write_text(yaml.safe_dump({"shared": {}, "hosts": [
+        {"name": HOST, **params}, {"name": GONE, **gone}]}))
+    return controller.run(inventory.load(path), controller.Options(stages=DEFAULT),
+                          runs_root=runs / "runs", out=io.StringIO())
+
+
+@pytest.fixture(scope="module")
+def full_run(fleet) -> Path:
+    entry = next(h for h in record.read(fleet)["hosts"] if h["name"] == HOST)
+    assert entry["status"] == "ok", entry
+    return Path(entry["run_dir"])
 
 
 @pytest.fixture(scope="module")
@@ -162,41 +189,31 @@ def test_one_changed_byte_in_the_record_is_named_in_the_report(browser, full_run
     view.close()
 
 
-def test_fleet_of_real_runs_gives_the_hosts_by_stages_matrix(browser, full_run, failed_run,
-                                                             runs, tmp_path):
-    other = lab.up_host(FLEET_HOST, checkout=PROJECT, fresh=True)
-    preflight = labrun.run(runs, other["params_file"], ["00-preflight"])
-    fleet = tmp_path / "20261128T140000Z-fleet"
-    fleet.mkdir()
-    hosts = [{"name": name, "status": status, "reason": "", "duration": 1.0,
-              "run_dir": str(run), "audit_head": None,
-              "stages": {s: {k: v[k] for k in ("ok", "changed", "failed")} for s, v in
-                         json.loads((run / "run.json").read_text())["stages"].items()}}
-             for name, status, run in (("mx1", "ok", full_run), ("mx2", "ok", preflight))]
-    hosts.append({"name": "mx3", "status": "unreachable", "reason": "connection refused",
-                  "stages": {}, "duration": 0.0, "run_dir": None, "audit_head": None})
-    (fleet / "fleet.json").write_text(json.dumps(
-        {"hosts": hosts, "succeeded": ["mx1", "mx2"], "failed": [], "unreachable": ["mx3"]}))
+def test_fleet_of_real_runs_gives_the_hosts_by_stages_matrix(browser, fleet, full_run,
+                                                             failed_run, tmp_path):
     assert cli.main(["report", str(fleet)]) == 0
-    view = Offline(browser, tmp_path.parent)
+    view = Offline(browser, fleet.parent)
     page = view.open(fleet / "report.html")
     cells = {row.get_attribute("data-host"): [c.get_attribute("data-key") for c in
                                               row.locator("td.cell").all()]
              for row in page.locator("table.matrix tbody tr").all()}
-    assert len(cells["mx1"]) == len(DEFAULT) and set(cells["mx1"]) == {"ok", "changed"}
-    assert cells["mx2"] == ["ok"] + ["not run"] * (len(DEFAULT) - 1)
-    assert cells["mx3"] == ["unreachable"] * len(DEFAULT)
-    assert page.locator("svg.timeline g.lane").count() == 3
-    page.click("table.matrix a:has-text('mx2')")  # the host's own report, one click away
-    assert page.locator("table.stages tr[data-stage='00-preflight']").count() == 1
+    assert set(cells) == {HOST, GONE}
+    assert len(cells[HOST]) == len(DEFAULT) and set(cells[HOST]) == {"ok", "changed"}
+    assert cells[GONE] == ["unreachable"] * len(DEFAULT)
+    gone_row = page.locator(f"table.matrix tr[data-host='{GONE}']").inner_text()
+    assert "Connect call failed" in gone_row  # the reason, beside the row
+    page.click(f"table.matrix a:has-text('{HOST}')")  # the host's own report, one click away
+    assert page.url.endswith(f"/{full_run.name}/report.html")
+    assert page.locator("table.stages tbody tr").count() == len(DEFAULT)
     assert view.outside == [], view.outside
     view.close()
-    # and two runs given together, without a fleet.json
+    # and two runs of deb3 given together, without a fleet.json
     assert cli.main(["report", str(full_run), str(failed_run), "--out",
                      str(tmp_path / "both")]) == 0
     matrix = json.loads((tmp_path / "both" / "report.json").read_text())
     assert [h["status"] for h in matrix["hosts"]] == ["ok", "failed"]
     assert matrix["hosts"][1]["cells"]["40-start"]["status"] == "failed"
+    assert matrix["hosts"][1]["cells"]["00-preflight"]["status"] == "not run"
 
 
 def test_docs_site_with_a_run_shows_each_steps_real_output(browser, full_run, tmp_path):
