@@ -165,6 +165,23 @@ def _host(value: str) -> str:
         return _dns_name(value)
 
 
+_JUMP = re.compile(r"""(?:(?P<user>[^@]*)@)?
+    (?:\[(?P<v6>[^]]*)\] | (?P<host>[^:[\]]* | [^[\]]*:[^[\]]*:[^[\]]*))  # 2+ colons: IPv6
+    (?::(?P<port>[0-9]{1,5}))?""", re.X)
+
+
+def _jump_host(value: str) -> str:
+    """A jump host as ssh's ProxyJump writes one: [user@]host[:port], IPv6 in brackets."""
+    found = _JUMP.fullmatch(value) if isinstance(value, str) else None
+    if found is None or (found["port"] and not 1 <= int(found["port"]) <= 65535):
+        raise ValueError(f"{value!r} is not a jump host: [user@]host[:port], e.g. "
+                         "admin@bastion.example.org:22 (port 1 to 65535, IPv6 in brackets)")
+    if found["user"] is not None:
+        _user(found["user"])
+    _host(found["v6"] if found["v6"] is not None else found["host"])
+    return value
+
+
 def _lookup_table(value: str) -> str:
     if not isinstance(value, str) or not _MAP.fullmatch(value) or ".." in value:
         raise ValueError(
@@ -230,6 +247,7 @@ UserName = Annotated[str, AfterValidator(_user)]
 AliasTarget = Annotated[str, AfterValidator(_alias_target)]
 IPAddress = Annotated[str, AfterValidator(_address)]
 HostName = Annotated[str, AfterValidator(_host)]
+JumpHost = Annotated[str, AfterValidator(_jump_host)]
 LookupTable = Annotated[str, AfterValidator(_lookup_table)]
 SettingValue = Annotated[str, AfterValidator(_setting_value)]
 SettingName = Annotated[str, Field(pattern=_whole(_SETTING.pattern))]
@@ -251,28 +269,46 @@ class Section(BaseModel):
 
 
 class Target(Section):
-    """How to reach the host. Secrets are never here: keys come from a file or the agent."""
+    """How to reach the host. Secrets are never here: keys come from a file or the agent.
 
-    host: HostName = Field(description="Host name or IP address of the mail server to set up.")
-    port: int = Field(22, ge=1, le=65535, description="SSH port.")
-    user: UserName = Field("root", description="SSH login user.")
+    As on `ssh`'s command line, a value given here wins and a value left out comes from the
+    ssh_config files (~/.ssh/config, /etc/ssh/ssh_config), then from ssh's own default;
+    `runbook validate --show-target` shows the outcome and where each value came from.
+    """
+
+    host: HostName = Field(description="Host name, IP address or ssh_config alias.")
+    port: int | None = Field(None, ge=1, le=65535,
+                             description="SSH port; empty: ssh_config's Port, else 22.")
+    user: UserName | None = Field(
+        None, description="SSH login user; empty: ssh_config's User, else this machine's user.")
     key_file: LocalPath | None = Field(
-        None, description="Private key file; leave empty to use the SSH agent and ~/.ssh/config."
+        None, description="Private key file; empty: ssh_config's IdentityFile, the agent and "
+        "the default keys."
     )
     use_agent: bool = Field(True, description="Offer keys held by the SSH agent.")
     known_hosts: LocalPath | None = Field(
-        None, description="known_hosts file holding the host's key (default ~/.ssh/known_hosts)."
+        None, description="known_hosts file holding the host's key; empty: ssh_config's "
+        "UserKnownHostsFile, else ~/.ssh/known_hosts."
     )
-    host_key_policy: Literal["strict", "accept-new"] = Field(
-        "strict",
+    host_key_policy: Literal["strict", "accept-new"] | None = Field(
+        None,
         description="strict: the host key must already be known. accept-new: trust a host seen "
-        "for the first time and record its key (a changed key is always refused).",
+        "for the first time and record its key (a changed key is always refused). Empty: "
+        "ssh_config's StrictHostKeyChecking, else strict.",
+    )
+    ssh_config: LocalPath | Literal["none"] | None = Field(None, description=(
+        "ssh_config file to read instead of ~/.ssh/config and /etc/ssh/ssh_config; none: none."))
+    jump: list[JumpHost] | None = Field(
+        None, description="Jump hosts, [user@]host[:port] each, first to last (ssh's ProxyJump); "
+        "empty: ssh_config's ProxyJump; [] for none."
     )
     privilege: Literal["none", "sudo", "doas"] = Field(
         "none",
         description="How a non-root user becomes root: never interactive (sudo -n / doas -n).",
     )
-    connect_timeout: float = Field(10, gt=0, le=300, description="Seconds to wait for SSH.")
+    connect_timeout: float | None = Field(
+        None, gt=0, le=300, description="Seconds to wait for SSH; empty: ssh_config's "
+        "ConnectTimeout, else 10.")
     command_timeout: float = Field(
         300, gt=0, le=3600, description="Seconds a remote command may run before it is killed."
     )

@@ -36,9 +36,9 @@ async def session(tmp: Path, audit: Audit | None = None, **params):
         yield srv, t
 
 
-def records(run_dir: Path) -> list[dict]:
+def records(run_dir: Path, kind: str = "command") -> list[dict]:
     lines = (run_dir / "audit.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    return [record for record in map(json.loads, lines) if record["type"] == kind]
 
 
 class Clock:
@@ -459,3 +459,46 @@ def test_open_connection_and_forward_local_port(tmp_path):
             return direct, forwarded
 
     assert asyncio.run(body()) == (b"220 direct\n", b"220 forwarded\n")
+
+
+# --- jump hosts ----------------------------------------------------------------------------
+
+
+def test_a_jump_host_carries_the_session_and_each_hops_key_is_recorded(tmp_path):
+    """The server as its own jump host: the target's connection is tunnelled through the
+    first (a direct-tcpip request to it), and the audit names both hops with their keys."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    from sshserver import forwards
+
+    async def body():
+        async with ssh_server(tmp_path) as srv:
+            before = len(forwards())
+            params = srv.params(jump=[f"root@{HOST}:{srv.port}"])
+            async with await Target.connect(params, Audit(run_dir, display=False)) as t:
+                out = (await t.run("echo through")).stdout
+                tunnels = forwards()[before:]
+            return srv, out, tunnels
+
+    srv, out, tunnels = asyncio.run(body())
+    assert out == "through\n" and tunnels == [(HOST, srv.port)]
+    (connection,) = records(run_dir, "connection")
+    fingerprint = srv.host_key.get_fingerprint("sha256")
+    assert connection["destination"] == f"root@{HOST}:{srv.port}"
+    assert connection["jumps"] == [f"root@{HOST}:{srv.port}"]
+    assert [h["fingerprint"] for h in connection["hops"]] == [fingerprint, fingerprint]
+
+
+def test_a_changed_key_on_the_jump_host_refuses_the_run(tmp_path):
+    async def body():
+        async with ssh_server(tmp_path) as srv:
+            other = asyncssh.generate_private_key("ssh-ed25519")
+            srv.known_hosts.write_text(known_hosts_line(srv.port, other))
+            with pytest.raises(HostKeyChanged) as exc:
+                await Target.connect(srv.params(jump=[f"root@{HOST}:{srv.port}"]), None)
+            return srv, str(exc.value)
+
+    srv, message = asyncio.run(body())
+    # refused at the first hop (the target's own message would say "through …")
+    assert message.startswith(f"root@{HOST}:{srv.port}: the key of {HOST}")
+    assert "(through" not in message

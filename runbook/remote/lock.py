@@ -104,7 +104,8 @@ class TargetLock:
         if self.target.privilege:  # sudo/doas, never interactive
             command = f"{self.target.privilege} -n sh -c {q(command)}"
         self.process = await self.target.conn.create_process(command)
-        first = await asyncio.wait_for(self._answer(), self.target_params.connect_timeout)
+        timeout = self.target.destination.target.connect_timeout
+        first = await asyncio.wait_for(self._answer(), timeout)
         if first != "locked":
             await self.target.close()
             host = self.target_params.host

@@ -159,18 +159,29 @@ class _Job(asyncssh.SSHClientSession):
 class Target:
     """An open SSH session to one host; see `connect` (opened by ssh.py)."""
 
-    def __init__(self, conn, params, audit: Audit | None, stage: str | None):
-        self.conn, self.params, self.audit, self.stage = conn, params, audit, stage
-        self.host = params.host
-        self.dest = f"{params.user}@{params.host}:{params.port}"
-        self.fingerprint = conn.get_server_host_key().get_fingerprint("sha256")
-        root = params.user == "root"
+    def __init__(self, session: ssh.Session, params, audit: Audit | None, stage: str | None):
+        self.session, self.params, self.audit, self.stage = session, params, audit, stage
+        self.conn = session.conn  # the target's own connection (the last hop)
+        self.destination = session.destination
+        self.host = params.host  # as the params name it: an ssh_config alias stays one
+        self.address = self.destination.target.address  # what it is reached at (HostName)
+        self.user = self.destination.target.user
+        self.dest = self.destination.target.dest
+        self.fingerprint = self.conn.get_server_host_key().get_fingerprint("sha256")
+        root = self.user == "root"
         self.privilege = params.privilege if params.privilege != "none" and not root else None
 
     @classmethod
     async def connect(cls, params, audit: Audit | None, *, stage: str | None = None) -> "Target":
-        """Open the session; each refusal is one RunbookError naming the host and what to do."""
-        return cls(await ssh.open_session(params), params, audit, stage)
+        """Open the session; each refusal is one RunbookError naming the host and what to do.
+        The audit records where it connected: the effective destination, and each hop with
+        the host key it showed."""
+        target = cls(await ssh.open_session(params), params, audit, stage)
+        if audit is not None:
+            audit.record("connection", show=False, host=target.host,
+                         **target.destination.summary(), hops=target.session.fingerprints(),
+                         **({"stage": stage} if stage is not None else {}))
+        return target
 
     async def __aenter__(self) -> "Target":
         return self
@@ -179,8 +190,8 @@ class Target:
         await self.close()
 
     async def close(self) -> None:
-        self.conn.close()
-        await self.conn.wait_closed()
+        self.session.close()
+        await self.session.wait_closed()
 
     def _mask(self, text: str) -> str:
         return self.audit.mask(text) if self.audit else text
@@ -295,7 +306,7 @@ class Target:
             )
 
     def _privilege_message(self, via: str, result: Result) -> str:
-        user = self.params.user
+        user = self.user
         said = _tail(result.stderr).strip() or f"exit {result.exit_status}"
         if result.exit_status == 127:
             return f"{self.dest}: {via} could not run ({said}) — install it or set privilege"

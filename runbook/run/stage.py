@@ -115,8 +115,7 @@ def _note_target(run_dir: Path, target: Target, profile) -> None:
 
 
 async def _connect(target_params, audit: Audit, stage_name: str) -> Target:
-    key = (target_params.host, target_params.port, target_params.user,
-           str(target_params.key_file), str(target_params.known_hosts))
+    key = (target_params.model_dump_json(),)  # every way of reaching it (jumps, ssh_config…)
     target = _connections.get(key)
     if target is None or target.conn.is_closed():
         target = await Target.connect(target_params, audit, stage=stage_name)
