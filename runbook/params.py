@@ -304,7 +304,17 @@ class Target(Section):
     )
     privilege: Literal["none", "sudo", "doas"] = Field(
         "none",
-        description="How a non-root user becomes root: never interactive (sudo -n / doas -n).",
+        description="How a non-root user becomes root: sudo -n / doas -n, never asking; "
+        "sudo with a password when sudo_password_env or sudo_password_file names it.",
+    )
+    sudo_password_env: str | None = Field(
+        None,
+        pattern=_whole(r"[A-Z_][A-Z0-9_]{0,63}"),
+        description="Name of the environment variable holding the SSH user's sudo password "
+        "(fed to sudo -S on stdin; the password itself is never a parameter).",
+    )
+    sudo_password_file: LocalPath | None = Field(
+        None, description="File on this machine holding the SSH user's sudo password."
     )
     connect_timeout: float | None = Field(
         None, gt=0, le=300, description="Seconds to wait for SSH; empty: ssh_config's "
@@ -312,6 +322,21 @@ class Target(Section):
     command_timeout: float = Field(
         300, gt=0, le=3600, description="Seconds a remote command may run before it is killed."
     )
+
+    @model_validator(mode="after")
+    def _sudo_password(self):
+        given = [n for n in ("sudo_password_env", "sudo_password_file") if getattr(self, n)]
+        if len(given) > 1:
+            raise ValueError("target.sudo_password_env and target.sudo_password_file: give "
+                             "one of them, not both")
+        if given and self.privilege == "doas":
+            raise ValueError(
+                f"target.{given[0]}: doas takes no password here — OpenBSD's doas -n (even "
+                "with persist) cannot be given one non-interactively; allow the user with "
+                "`permit nopass USER` in /etc/doas.conf, or use sudo")
+        if given and self.privilege != "sudo":
+            raise ValueError(f"target.{given[0]} is only used with target.privilege: sudo")
+        return self
 
 
 class Platform(Section):

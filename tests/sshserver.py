@@ -46,6 +46,8 @@ class Server:
             "command_timeout": 10.0,
             "ssh_config": "none",  # the machine's own config files play no part here
             "jump": None,
+            "sudo_password_env": None,
+            "sudo_password_file": None,
         }
         return SimpleNamespace(**(values | overrides))
 
