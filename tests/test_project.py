@@ -92,7 +92,8 @@ PACKAGE = PROJECT / "runbook"
 # runner writes the report when a run ends).
 MAY_IMPORT = {
     "errors": set(),
-    "params": {"errors"},
+    "grammar": set(),
+    "params": {"errors", "grammar"},
     "inventory": {"errors", "params"},
     "audit": {"errors"},
     "signing": {"errors", "audit"},
