@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 LAB_PACKAGES := mmdebstrap systemd-container iproute2 openssh-client chromium
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps test lint unit browser demo lab notebooks bench clean
+.PHONY: help venv system-deps test lint unit browser demo lab notebooks bench bench-fleet clean
 PARAMS ?=
 
 help:
@@ -57,6 +57,10 @@ notebooks: venv
 
 bench: venv system-deps
 	$(BIN)/python bench/run.py $(if $(HOST),--host $(HOST))
+
+# fleet re-runs of 1 … 19 lab hosts; ANSIBLE=path/to/ansible-playbook compares with Ansible
+bench-fleet: venv system-deps
+	$(BIN)/python bench/fleet.py $(if $(ANSIBLE),--ansible $(ANSIBLE))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,9 +1,10 @@
-"""One host of a fleet, in a process of its own: `runbook run` for that host, speaking JSON.
+"""One host of a fleet, in a process of its own: `runbook run` for that host.
 
-`python -m runbook.fleet.child` reads the job (one JSON line) on stdin, runs the host's
-stages with the same runner as `runbook run` (its own kernel, its own run folder), and
-writes events on stdout, one JSON object a line: `stage`, `cell`, `stage_done`, `gate`
-(then it waits for the answer line on stdin: "go", or a reason to stop) and last `result`.
+`serve(connection, log_file)` runs in a process forked for the host (see job.py): it
+receives the job on the connection, runs the host's stages with the same runner as
+`runbook run` (its own kernel, its own run folder), and sends events back, each a dict:
+`started`, `run_dir`, `stage`, `cell`, `stage_done`, `gate` (then it waits for the answer:
+"go", or a reason to stop) and last `result`. Its own output goes to the host's log file.
 Processes, not threads: papermill changes the working directory as it runs, which is not
 safe in threads (papermill issue 473).
 
@@ -25,22 +26,24 @@ from pathlib import Path
 from runbook import params as params_model
 from runbook.errors import HostUnreachable, RunbookError
 from runbook.run import manifest, runner
-from runbook.run.stage import run_name, unused_folder
+from runbook.run.stage import PROJECT, run_name, unused_folder
 
 
 class Events:
     """The event stream to the driver, and the gate answers read back from it."""
 
-    def __init__(self, out, answers):
-        self.out, self.answers = out, answers
+    def __init__(self, connection):
+        self.connection = connection
 
     def send(self, event: str, **fields) -> None:
-        self.out.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
-        self.out.flush()
+        self.connection.send({"event": event, "time": time.time(), **fields})
 
     def gate(self, stage: str) -> None:
         self.send("gate", stage=stage)
-        answer = self.answers.readline().strip() or "the fleet run ended"
+        try:
+            answer = self.connection.recv()
+        except EOFError:
+            answer = "the fleet run ended"
         if answer != "go":
             raise runner.Stopped(f"stopped before {stage}: {answer}")
 
@@ -130,18 +133,22 @@ def _terminated(signum, frame):
     raise KeyboardInterrupt
 
 
-def main() -> int:
-    events = Events(sys.stdout, sys.stdin)
-    sys.stdout = sys.stderr  # anything printed goes to the log, never into the event stream
-    job = json.loads(events.answers.readline())
+def serve(connection, log_file: str) -> None:
+    """The host's process: its own session (a Ctrl-C in the terminal reaches only the
+    controller, which lets the host finish its stage), its output in its log."""
+    os.setsid()
+    log = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    for fd in (1, 2):
+        os.dup2(log, fd)
+    os.close(log)
+    os.chdir(PROJECT)
     signal.signal(signal.SIGTERM, _terminated)
     signal.signal(signal.SIGINT, _terminated)
-    _die_with_parent(int(job.get("parent", os.getppid())))
+    _die_with_parent(os.getppid())
+    events = Events(connection)
+    job = connection.recv()
+    os.environ.update(job.get("env") or {})  # the kernel inherits it (the SSH slots)
     events.send("started", pid=os.getpid())
     result = run(job, events)
     events.send("result", **result)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    connection.close()

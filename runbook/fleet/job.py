@@ -7,80 +7,75 @@ fleet): one code path for a host wherever it runs.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
+import multiprocessing
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runbook.run.stage import PROJECT
+# Hosts' processes fork from a server that has imported the runner, papermill and the rest
+# once: an import of them costs ~1 s of CPU, per host and on every re-run, more than the
+# host's own work on a small machine. (Forked from that server, not from here: this process
+# has threads.)
+_FORKS = multiprocessing.get_context("forkserver")
+_FORKS.set_forkserver_preload(["runbook.fleet.child"])
 
 
 class HostProcess:
-    """One host's child process; `run()` blocks until it has a result."""
+    """One host's process; `run()` blocks until it has a result."""
 
     def __init__(self, job: dict, log_file: Path, env: dict | None = None):
         self.job, self.log_file, self.env = job, Path(log_file), env or {}
-        self.process: subprocess.Popen | None = None
+        self.process = None
         self.run_dir: str | None = None
         self.stage: str | None = None
 
     def run(self, on_event: Callable[[dict], None],
             gate: Callable[[str], str | None]) -> dict:
         """Events go to `on_event`; `gate(stage)` answers None (go on) or why to stop."""
+        from runbook.fleet import child  # the fork server's module, not needed here before
+
         started = time.monotonic()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_file.open("a") as log:
-            # its own session: a Ctrl-C in the terminal reaches the controller only, which
-            # then lets each host finish its stage
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "runbook.fleet.child"], cwd=PROJECT,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                start_new_session=True, env={**os.environ, **self.env})
-            result = self._relay(on_event, gate)
-        code = self.process.wait()
+        ours, theirs = _FORKS.Pipe()
+        self.process = _FORKS.Process(target=child.serve, args=(theirs, str(self.log_file)),
+                                      name=f"runbook-host-{self.job.get('name')}", daemon=False)
+        self.process.start()
+        theirs.close()
+        result = self._relay(ours, on_event, gate)
+        self.process.join()
         if result is None:
             where = f"in {self.stage}" if self.stage else "before its first stage"
             result = {"status": "failed", "run_dir": self.run_dir,
-                      "reason": f"the host's process ended (exit status {code}) {where} "
-                                f"without a result; its log: {self.log_file}"
-                                f"{_tail(self.log_file)}"}
+                      "reason": f"the host's process ended (exit status "
+                                f"{self.process.exitcode}) {where} without a result; its "
+                                f"log: {self.log_file}{_tail(self.log_file)}"}
         result["duration"] = round(time.monotonic() - started, 3)
         return result
 
-    def _relay(self, on_event, gate) -> dict | None:
-        self._send(json.dumps({**self.job, "parent": os.getpid()}))
-        for line in self.process.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # not ours: the event stream is JSON lines only
-            kind = event.get("event")
-            if kind == "run_dir":
-                self.run_dir = event["run_dir"]
-            elif kind == "stage":
-                self.stage = event["stage"]
-            on_event(event)
-            if kind == "gate":
-                self._send(gate(event["stage"]) or "go")
-            elif kind == "result":
-                return {k: v for k, v in event.items() if k not in ("event", "time")}
-        return None
-
-    def _send(self, line: str) -> None:
+    def _relay(self, connection, on_event, gate) -> dict | None:
         try:
-            self.process.stdin.write(line.replace("\n", " ") + "\n")
-            self.process.stdin.flush()
-        except (BrokenPipeError, ValueError):
-            pass  # it ended; its exit status says the rest
+            connection.send({**self.job, "env": self.env})
+            while True:
+                event = connection.recv()
+                kind = event.get("event")
+                if kind == "run_dir":
+                    self.run_dir = event["run_dir"]
+                elif kind == "stage":
+                    self.stage = event["stage"]
+                on_event(event)
+                if kind == "gate":
+                    connection.send(gate(event["stage"]) or "go")
+                elif kind == "result":
+                    return {k: v for k, v in event.items() if k not in ("event", "time")}
+        except (EOFError, OSError):
+            return None  # it ended; its exit status says the rest
+        finally:
+            connection.close()
 
     def terminate(self) -> None:
         """End the host's run now (its record is closed as on Ctrl-C)."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        if self.process and self.process.is_alive():
+            self.process.terminate()
 
 
 def _tail(path: Path, lines: int = 5) -> str:
