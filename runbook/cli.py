@@ -108,8 +108,13 @@ def _validate(args) -> int:
     for host in hosts:
         target = host.params.target
         name = f"  {host.name}: " if len(hosts) > 1 or host.name != target.host else ""
-        print(f"{name or f'{args.params}: valid '}({target.user}@{target.host}, "
+        user = f"{target.user}@" if target.user else ""
+        print(f"{name or f'{args.params}: valid '}({user}{target.host}, "
               f"platform {host.params.platform.name})")
+        if args.show_target:
+            from runbook.remote import destination
+
+            print(destination.describe(destination.resolve(target)), end="")
     return 0
 
 
@@ -251,6 +256,10 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a params or inventory file without "
                               "connecting")
     validate.add_argument("params", type=Path)
+    validate.add_argument("--show-target", action="store_true",
+                          help="print where each host is reached (params over ssh_config: user, "
+                          "address, port, jump hosts, keys, known_hosts, policy) and where each "
+                          "value came from, without connecting")
     validate.set_defaults(func=_validate)
 
     report = sub.add_parser("report", help="write report.html and report.json for a run or a "

@@ -119,7 +119,7 @@ def _duplicates(hosts: list[Host]) -> list[tuple[str, str]]:
             problems.append((f"{host.name}: name", "is given to more than one host"))
             continue
         names[host.name] = host
-        where = (host.params.target.host, host.params.target.port)
+        where = (host.params.target.host, host.params.target.port or 22)
         if where in targets:
             problems.append((f"{host.name}: target.host",
                              f"{where[0]}:{where[1]} is also {targets[where]}'s target; two "

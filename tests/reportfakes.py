@@ -75,6 +75,6 @@ def run_folder(root: Path, name: str = "20261128T140501Z-deb1", *, fail: bool = 
                            "ok": last[2], "changed": 0, "failed": last[3], "skipped": 0}
         update_run_json(folder, host="deb1", params_sha256="f" * 64, git_commit="c0ffee",
                         operator="tester", start="2026-11-28T14:05:01+00:00",
-                        end="2026-11-28T14:05:04+00:00", status="failed" if fail else "ok",
+                        end="2026-11-28T14:05:04+00:00", state="failed" if fail else "ok",
                         dry_run=False, stages=stages)
     return folder

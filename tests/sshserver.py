@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import typing
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,13 +44,25 @@ class Server:
             "privilege": "none",
             "connect_timeout": 5.0,
             "command_timeout": 10.0,
+            "ssh_config": "none",  # the machine's own config files play no part here
+            "jump": None,
+            "sudo_password_env": None,
+            "sudo_password_file": None,
         }
         return SimpleNamespace(**(values | overrides))
 
 
 class _Forwarding(asyncssh.SSHServer):
+    forwards: typing.ClassVar[list[tuple[str, int]]] = []  # direct-tcpip requests, all servers
+
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
+        _Forwarding.forwards.append((dest_host, dest_port))
         return dest_host == HOST  # True: asyncssh opens the connection itself
+
+
+def forwards() -> list[tuple[str, int]]:
+    """The TCP connections clients asked the test servers to open (a jump host's tunnel)."""
+    return _Forwarding.forwards
 
 
 async def _pump(read, write) -> None:

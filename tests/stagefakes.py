@@ -62,7 +62,7 @@ class Stage:
         self.commands: list[str] = []
         self.replies = replies or {}
         self.fail = fail
-        self.target = types.SimpleNamespace(host="127.0.0.11")
+        self.target = types.SimpleNamespace(host="127.0.0.11", address="127.0.0.11")
         facts.cache(self).update(known or {})
 
     @property

@@ -1,6 +1,11 @@
 """The default run on a real Debian 13 (trixie) lab host: Postfix 3.10, the journal as the
 mail log (no rsyslog), Dovecot 2.4's settings; then a second run that changes nothing.
 
+The first run reaches the host as an operator does, through an ssh_config alias: the params'
+target is only `host: ALIAS` and `ssh_config`, the alias's HostName, User, Port,
+IdentityFile and UserKnownHostsFile say the rest (`validate --show-target` shows it). The
+second run uses the lab's own params file (address, user, key spelled out).
+
 One fresh host for the module, trixie1 (127.0.0.71); the base image is bootstrapped from
 this machine's own mirror the first time (`runbook lab up --flavor debian --release 13`).
 They need root and the lab; they fail (never skip) when the lab cannot start.
@@ -12,11 +17,14 @@ import json
 import os
 from pathlib import Path
 
+import asyncssh
 import labrun
 import pytest
+import yaml
 from labrun import audit, operations, ssh
 
 from runbook import lab
+from runbook.cli import main as cli_main
 
 pytestmark = pytest.mark.lab
 
@@ -36,10 +44,61 @@ def host() -> dict:
         pytest.fail(f"the lab could not start {HOST}: {e}")
 
 
+ALIAS = "mail-trixie"
+SSH_CONFIG = """\
+Host {alias}
+    HostName {address}
+    User {user}
+    Port {port}
+    IdentityFile {key}
+    IdentitiesOnly yes
+    UserKnownHostsFile {known_hosts}
+"""
+
+
 @pytest.fixture(scope="module")
-def first_run(host, tmp_path_factory) -> Path:
-    return labrun.run(tmp_path_factory.mktemp("trixie"), host["params_file"], DEFAULT,
+def alias_params(host, tmp_path_factory) -> Path:
+    """The lab's params with a target of only `host: ALIAS` and `ssh_config`."""
+    tmp = tmp_path_factory.mktemp("alias")
+    config = tmp / "ssh_config"
+    config.write_text(SSH_CONFIG.format(alias=ALIAS, address=host["address"], user=host["user"],
+                                        port=host["port"], key=host["key_file"],
+                                        known_hosts=host["known_hosts"]))
+    data = yaml.safe_load(Path(host["params_file"]).read_text())
+    data["target"] = {"host": ALIAS, "ssh_config": str(config)}
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(host, alias_params, tmp_path_factory) -> Path:
+    return labrun.run(tmp_path_factory.mktemp("trixie"), alias_params, DEFAULT,
                       timings=TIMINGS)
+
+
+def test_show_target_says_where_each_value_of_the_alias_comes_from(host, alias_params,
+                                                                   capsys):
+    assert cli_main(["validate", str(alias_params), "--show-target"]) == 0
+    out = capsys.readouterr().out
+    config = yaml.safe_load(alias_params.read_text())["target"]["ssh_config"]
+    assert f"target {ALIAS}: root@{host['address']}:22" in out
+    for label, option in (("address", "Hostname"), ("user", "User"), ("port", "Port"),
+                          ("keys", "IdentityFile"), ("known_hosts", "UserKnownHostsFile")):
+        line = next(x for x in out.splitlines() if x.strip().startswith(label))
+        assert line.endswith(f"from {config} ({option})"), line
+    assert "policy" in out and "from default" in out
+
+
+def test_the_alias_run_records_its_effective_destination(host, first_run):
+    (connection,) = [r for r in audit(first_run) if r["type"] == "connection"]
+    assert connection["alias"] == ALIAS and connection["jumps"] == []
+    assert connection["destination"] == f"root@{host['address']}:22"
+    known = {asyncssh.import_public_key(" ".join(line.split()[1:3])).get_fingerprint("sha256")
+             for line in Path(host["known_hosts"]).read_text().splitlines()}
+    (hop,) = connection["hops"]
+    assert hop["hop"] == connection["destination"] and hop["fingerprint"] in known
+    assert connection["sources"]["address"].endswith("(Hostname)")
 
 
 def test_the_host_is_debian_13_without_a_syslog_daemon(host):

@@ -47,10 +47,12 @@ def test_widgets_fit_the_types(form):
     assert isinstance(f["target.privilege"].input, w.Dropdown)
     assert f["target.privilege"].input.options == ("none", "sudo", "doas")
     assert isinstance(f["target.use_agent"].input, w.Checkbox)
-    port = f["target.port"].input
-    assert isinstance(port, w.BoundedIntText) and (port.min, port.max) == (1, 65535)
-    assert isinstance(f["target.connect_timeout"].input, w.BoundedFloatText)
-    assert f["target.connect_timeout"].input.max == 300
+    timeout = f["target.command_timeout"].input
+    assert isinstance(timeout, w.BoundedFloatText) and timeout.max == 3600
+    # optional numbers and choices may stay unset (ssh_config or ssh's default decides)
+    assert isinstance(f["target.port"].input, w.Text) and f["target.port"].get() is None
+    assert f["target.host_key_policy"].get() is None
+    assert None in dict(f["target.host_key_policy"].input.options).values()
     for name in ("postfix.mynetworks", "postfix.mydestination", "postfix.inet_interfaces"):
         assert type(f[name].input) is ListEditor, name
     for name in ("postfix.aliases", "postfix.extra_settings"):
@@ -60,7 +62,8 @@ def test_widgets_fit_the_types(form):
 
 def test_defaults_come_from_the_model(form):
     data = form.data()
-    assert data["target"]["port"] == 22 and data["target"]["host_key_policy"] == "strict"
+    assert data["target"]["command_timeout"] == 300 and data["target"]["privilege"] == "none"
+    assert "port" not in data["target"] and "host_key_policy" not in data["target"]
     assert data["postfix"]["mynetworks"] == ["127.0.0.0/8", "[::1]/128"]
     assert data["postfix"]["mydomain"] == "", "a required field starts empty"
 
@@ -177,13 +180,16 @@ def test_loading_a_file_with_unknown_keys_and_unusable_values_says_so(tmp_path):
     data = yaml.safe_load((PROJECT / "params" / "example-debian.yaml").read_text())
     data["postfix"]["mydomian"] = "typo.test"
     data["target"]["privilege"] = "su"
+    data["target"]["command_timeout"] = 7000
     data["target"]["port"] = 70000
     (tmp_path / "odd.yaml").write_text(yaml.safe_dump(data))
     form = Form(tmp_path)
     assert form.load(tmp_path / "odd.yaml") is None
     assert "postfix.mydomian: unknown key" in form.problems.value
     assert "one of none, sudo, doas" in errors(form)["target.privilege"]
-    assert "70000 from the file is outside 1 … 65535" in errors(form)["target.port"]
+    assert "7000 from the file is outside 0.0 … 3600.0" in errors(form)[
+        "target.command_timeout"]
+    assert "less than or equal to 65535" in errors(form)["target.port"]  # the model's word
     assert "fix the fields" in form.status.value
 
 

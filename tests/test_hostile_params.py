@@ -45,8 +45,9 @@ BASES = {name: yaml.safe_load((PROJECT / "params" / f"example-{name}.yaml").read
          for name in ("debian", "openbsd")}
 OPENBSD_ONLY = {"platform.postfix_package", "platform.pkg_path", "postfix.html_docs_dir"}
 # Fields whose values never leave this machine (local files, names of local things).
-LOCAL = {"target.key_file", "target.known_hosts", "dovecot.test_password_file",
-         "dovecot.test_password_env"}
+LOCAL = {"target.key_file", "target.known_hosts", "target.ssh_config", "target.sudo_password_file",
+         "target.sudo_password_env",
+         "dovecot.test_password_file", "dovecot.test_password_env"}
 TOGETHER = {"dovecot.ssl_cert_file": "dovecot.ssl_key_file",
             "dovecot.ssl_key_file": "dovecot.ssl_cert_file"}
 CASES: Counter = Counter()

@@ -123,3 +123,26 @@ def test_status_reads_the_last_run_folder_and_says_it_was_cut_short(tmp_path):
     assert "00-preflight ok, 10-install ok, 20-enable not finished" in text
     assert "no parameters to reach it" in text
     assert json.loads((run_dir / "run.json").read_text())["state"] == "running"
+
+
+def test_the_lock_takes_sudo_with_a_password_and_the_journal_never_holds_it(host, monkeypatch):
+    from test_target import FAKE_SUDO, fake
+
+    monkeypatch.setenv("TEST_SUDO_PASSWORD", "lock s3cret")
+
+    async def serve():
+        async with ssh_server(host) as srv:
+            fake(host, "sudo", FAKE_SUDO, srv.env)
+            srv.env["SUDO_WANT"] = "lock s3cret"
+            params = srv.params(user="alice", privilege="sudo",
+                                sudo_password_env="TEST_SUDO_PASSWORD")
+
+            def held():
+                with TargetLock(params, "r1"):
+                    assert Path(lock.LOCK_DIR).exists()
+
+            await asyncio.to_thread(held)
+
+    asyncio.run(serve())
+    assert journal(host) == [["r1", "start"], ["r1", "end ok"]]
+    assert "s3cret" not in (host / "backups" / "JOURNAL").read_text()

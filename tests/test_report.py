@@ -16,7 +16,7 @@ from runbook import cli, report
 from runbook.audit import Audit
 from runbook.errors import RunbookError
 from runbook.report import collect, site, steps, timeline
-from runbook.run import manifest
+from runbook.run import manifest, runner
 
 
 def html(folder: Path) -> str:
@@ -118,7 +118,7 @@ def test_a_cut_off_line_is_named_and_the_rest_still_reported(tmp_path):
 def test_old_run_json_without_new_fields_says_unknown(tmp_path):
     folder = run_folder(tmp_path)
     run = json.loads((folder / "run.json").read_text())
-    for key in ("operator", "status", "host_key", "platform", "params_sha256", "git_commit"):
+    for key in ("operator", "state", "host_key", "platform", "params_sha256", "git_commit"):
         run.pop(key, None)
     for stage in run["stages"].values():
         del stage["duration"], stage["skipped"]
@@ -344,3 +344,14 @@ def test_a_signed_runs_changed_notebook_is_named(tmp_path):
     assert data["audit"]["intact"] is False
     assert data["audit"]["problem"] == ("30-configure.ipynb: changed since it was signed (its "
                                         "SHA-256 is not the signed one)")
+
+
+def test_runner_never_lets_a_report_error_hide_the_run(tmp_path, monkeypatch):
+    said = []
+
+    def broken(folder):
+        raise ValueError("no room")
+
+    monkeypatch.setattr(report, "write", broken)
+    runner.write_report(tmp_path, echo=lambda *a, **k: said.append(a[0]))
+    assert said == ["the run report was not written: ValueError: no room"]

@@ -36,9 +36,9 @@ async def session(tmp: Path, audit: Audit | None = None, **params):
         yield srv, t
 
 
-def records(run_dir: Path) -> list[dict]:
+def records(run_dir: Path, kind: str = "command") -> list[dict]:
     lines = (run_dir / "audit.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    return [record for record in map(json.loads, lines) if record["type"] == kind]
 
 
 class Clock:
@@ -459,3 +459,143 @@ def test_open_connection_and_forward_local_port(tmp_path):
             return direct, forwarded
 
     assert asyncio.run(body()) == (b"220 direct\n", b"220 forwarded\n")
+
+
+# --- jump hosts ----------------------------------------------------------------------------
+
+
+def test_a_jump_host_carries_the_session_and_each_hops_key_is_recorded(tmp_path):
+    """The server as its own jump host: the target's connection is tunnelled through the
+    first (a direct-tcpip request to it), and the audit names both hops with their keys."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    from sshserver import forwards
+
+    async def body():
+        async with ssh_server(tmp_path) as srv:
+            before = len(forwards())
+            params = srv.params(jump=[f"root@{HOST}:{srv.port}"])
+            async with await Target.connect(params, Audit(run_dir, display=False)) as t:
+                out = (await t.run("echo through")).stdout
+                tunnels = forwards()[before:]
+            return srv, out, tunnels
+
+    srv, out, tunnels = asyncio.run(body())
+    assert out == "through\n" and tunnels == [(HOST, srv.port)]
+    (connection,) = records(run_dir, "connection")
+    fingerprint = srv.host_key.get_fingerprint("sha256")
+    assert connection["destination"] == f"root@{HOST}:{srv.port}"
+    assert connection["jumps"] == [f"root@{HOST}:{srv.port}"]
+    assert [h["fingerprint"] for h in connection["hops"]] == [fingerprint, fingerprint]
+
+
+def test_a_changed_key_on_the_jump_host_refuses_the_run(tmp_path):
+    async def body():
+        async with ssh_server(tmp_path) as srv:
+            other = asyncssh.generate_private_key("ssh-ed25519")
+            srv.known_hosts.write_text(known_hosts_line(srv.port, other))
+            with pytest.raises(HostKeyChanged) as exc:
+                await Target.connect(srv.params(jump=[f"root@{HOST}:{srv.port}"]), None)
+            return srv, str(exc.value)
+
+    srv, message = asyncio.run(body())
+    # refused at the first hop (the target's own message would say "through …")
+    assert message.startswith(f"root@{HOST}:{srv.port}: the key of {HOST}")
+    assert "(through" not in message
+
+
+# --- sudo with a password -----------------------------------------------------------------
+
+# A stand-in for `sudo -S -p PROMPT sh -c CMD` (the real one is in the lab test): asks with the
+# prompt on stderr, reads one line, and (as sudo) asks again after a wrong one; with
+# SUDO_CACHED set it asks nothing, as a sudo with a fresh timestamp or NOPASSWD.
+FAKE_SUDO = """\
+[ "$1" = -S ] && [ "$2" = -p ] || { echo "sudo: unexpected $*" >&2; exit 2; }
+prompt=$3; shift 3; tries=0
+while [ -z "$SUDO_CACHED" ]; do
+  printf '%s' "$prompt" >&2
+  IFS= read -r got || { echo "sudo: no password was provided" >&2; exit 1; }
+  [ "$got" = "$SUDO_WANT" ] && break
+  sleep 0.2; echo "Sorry, try again." >&2; tries=$((tries + 1))
+  [ $tries -lt 3 ] || { echo "sudo: 3 incorrect password attempts" >&2; exit 1; }
+done
+exec "$@"
+"""
+
+
+def sudo_session(tmp_path, monkeypatch, password="s3cret pass", cached=False):
+    monkeypatch.setenv("TEST_SUDO_PASSWORD", password)
+
+    @contextlib.asynccontextmanager
+    async def opened(audit=None):
+        async with ssh_server(tmp_path) as srv:
+            fake(tmp_path, "sudo", FAKE_SUDO, srv.env)
+            srv.env["SUDO_WANT"] = "s3cret pass"
+            if cached:
+                srv.env["SUDO_CACHED"] = "1"
+            params = srv.params(user="alice", privilege="sudo",
+                                sudo_password_env="TEST_SUDO_PASSWORD")
+            async with await Target.connect(params, audit) as t:
+                yield srv, t
+    return opened
+
+
+def test_sudo_gets_the_password_on_stdin_when_it_asks_and_never_on_a_command_line(
+        tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    opened = sudo_session(tmp_path, monkeypatch)
+
+    async def body():
+        async with opened(Audit(run_dir, display=False)) as (srv, t):
+            result = await t.run("cat; id -u >/dev/null", input="the command's own input\n")
+            return srv.commands, result
+
+    commands, result = asyncio.run(body())
+    assert result.stdout == "the command's own input\n"  # the password was sudo's alone
+    assert "[mail-runbook: sudo password]" not in result.stderr
+    assert commands[0].startswith("exec sudo -S -p ")
+    assert not any("s3cret" in c for c in commands)
+    text = (run_dir / "audit.jsonl").read_text()
+    assert "s3cret" not in text
+
+
+def test_a_sudo_that_does_not_ask_never_gets_the_password(tmp_path, monkeypatch):
+    opened = sudo_session(tmp_path, monkeypatch, cached=True)
+
+    async def body():
+        async with opened() as (_, t):
+            return (await t.run("cat", input="only this\n")).stdout
+
+    assert asyncio.run(body()) == "only this\n"
+
+
+def test_a_wrong_sudo_password_fails_at_once_naming_the_field(tmp_path, monkeypatch):
+    opened = sudo_session(tmp_path, monkeypatch, password="wrong")
+
+    async def body():
+        async with opened() as (_, t):
+            started = time.monotonic()
+            with pytest.raises(PrivilegeRefused) as exc:
+                await t.run("touch ran")
+            return str(exc.value), time.monotonic() - started
+
+    message, took = asyncio.run(body())
+    assert "target.sudo_password_env (TEST_SUDO_PASSWORD)" in message
+    assert "alice" in message and "wrong" not in message.split("—")[0]
+    assert took < 2.0  # one try (sudo's own delay), not three
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_missing_sudo_password_stops_before_connecting(tmp_path, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_SUDO_PASSWORD", raising=False)
+
+    async def body():
+        async with ssh_server(tmp_path) as srv:
+            params = srv.params(user="alice", privilege="sudo",
+                                sudo_password_env="NO_SUCH_SUDO_PASSWORD")
+            with pytest.raises(PrivilegeRefused, match=r"NO_SUCH_SUDO_PASSWORD.*not set"):
+                await Target.connect(params, None)
+            return srv.commands
+
+    assert asyncio.run(body()) == []

@@ -166,9 +166,16 @@ class Field:
         if get_origin(kind) is list:
             return ListEditor(changed)
         if get_origin(kind) is typing.Literal:
-            widget = w.Dropdown(options=get_args(kind))
+            # an optional choice may be left empty: the value then comes from elsewhere
+            choices = get_args(kind)
+            widget = w.Dropdown(options=[("(unset: see its help)", None),
+                                         *((c, c) for c in choices)] if self.optional
+                                else choices)
         elif kind is bool:
             widget = w.Checkbox(indent=False)
+        elif kind in (int, float) and self.optional:  # a number box cannot be empty
+            widget = w.Text(continuous_update=False, placeholder="(unset: see its help)",
+                            layout=w.Layout(width="10em"))
         elif kind in (int, float):
             widget = self._number(kind, _bound(info, "ge", "gt"), _bound(info, "le", "lt"))
         else:
@@ -190,7 +197,16 @@ class Field:
         value = self.input.value
         if isinstance(value, str):
             value = value.strip()
-            return None if not value and self.optional else value
+            if not value and self.optional:
+                return None
+            if self.kind in (int, float):  # typed into a text box: a number if it is one
+                try:
+                    return self.kind(value)
+                except ValueError:
+                    return value  # the model names the field and says why
+            return value
+        if value == [] and self.optional:  # an optional list left empty: unset
+            return None
         return value
 
     def set(self, value: Any) -> str | None:

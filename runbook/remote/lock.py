@@ -21,7 +21,7 @@ import threading
 import asyncssh
 
 from runbook.errors import RunbookError
-from runbook.remote import files
+from runbook.remote import files, sudo
 from runbook.remote.target import Target, q
 
 LOCK_DIR = "/var/run/mail-runbook.lock"
@@ -101,10 +101,21 @@ class TargetLock:
     async def _acquire(self) -> None:
         self.target = await Target.connect(self.target_params, None)
         command = hold_command(self.owner)
-        if self.target.privilege:  # sudo/doas, never interactive
+        timeout = self.target.destination.target.connect_timeout
+        password = self.target.sudo_password
+        if password:  # sudo -S, fed the password only when it asks (sudo.py)
+            command = sudo.wrap(f"echo {sudo.AUTHED}; {command}")
+        elif self.target.privilege:  # sudo/doas, never interactive
             command = f"{self.target.privilege} -n sh -c {q(command)}"
         self.process = await self.target.conn.create_process(command)
-        first = await asyncio.wait_for(self._answer(), self.target_params.connect_timeout)
+        if password:
+            try:
+                await sudo.answer(self.process, password, self.target_params,
+                                  self.target.user, self.target.dest, timeout)
+            except BaseException:
+                await self.target.close()
+                raise
+        first = await asyncio.wait_for(self._answer(), timeout)
         if first != "locked":
             await self.target.close()
             host = self.target_params.host

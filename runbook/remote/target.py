@@ -27,7 +27,7 @@ from runbook.errors import (
     PrivilegeRefused,
     TargetError,
 )
-from runbook.remote import ssh
+from runbook.remote import ssh, sudo
 
 q = shlex.quote
 PID_MARK = "__mail_runbook_pid__"
@@ -70,8 +70,10 @@ def _tail(text: str) -> str:
     return "\n".join(f"  {line}" for line in lines)
 
 
-def _wrap(command: str, via: str | None) -> str:
+def _wrap(command: str, via: str | None, password: bool = False) -> str:
     inner = f"echo {PID_MARK} $$; exec sh -c {q(command)}"
+    if via and password:
+        return sudo.wrap(inner)  # the pid line also says sudo let it run
     return f"exec {via} -n sh -c {q(inner)}" if via else inner
 
 
@@ -122,16 +124,51 @@ class _Lines:
 
 
 class _Job(asyncssh.SSHClientSession):
-    """One command on its own channel: output fed to two `_Lines`, exit status kept."""
+    """One command on its own channel: output fed to two `_Lines`, exit status kept.
 
-    def __init__(self, out: _Lines, err: _Lines):
+    Under `sudo -S` (`password` given) the command's input waits until the command runs (its
+    pid line): the password is written only when sudo's prompt shows on stderr, once."""
+
+    def __init__(self, out: _Lines, err: _Lines, password: str | None = None):
         self.out, self.err = out, err
         self.chan: asyncssh.SSHClientChannel | None = None
         self.exit_status: int | None = None
         self.closed = asyncio.get_running_loop().create_future()
+        self.password, self.input = password, None
+        self.prompts = sudo.Prompts() if password else None
+        self.wrong_password = False
+
+    def connection_made(self, chan) -> None:
+        self.chan = chan
+
+    def start(self, data: bytes | None) -> None:
+        """Send the command's input now, or (under sudo -S) once the command runs."""
+        if self.prompts is None:
+            self.send(data)
+        else:
+            self.input = data
+
+    def send(self, data: bytes | None) -> None:
+        if data:
+            self.chan.write(data)
+        self.chan.write_eof()
 
     def data_received(self, data: bytes, datatype) -> None:
-        (self.err if datatype == asyncssh.EXTENDED_DATA_STDERR else self.out).feed(data)
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            if self.prompts is not None:  # sudo is still deciding
+                data, event = self.prompts.feed(data)
+                if event == "ask":
+                    self.chan.write(self.password.encode() + b"\n")
+                elif event == "wrong":  # never a second try: sudo reads EOF and gives up
+                    self.wrong_password = True
+                    self.chan.write_eof()
+            self.err.feed(data)
+            return
+        self.out.feed(data)
+        if self.prompts is not None and self.out.pid is not None:
+            self.err.feed(self.prompts.flush())
+            self.prompts = None  # sudo let the command run: its own input follows
+            self.send(self.input)
 
     def exit_status_received(self, status: int) -> None:
         self.exit_status = status
@@ -141,6 +178,8 @@ class _Job(asyncssh.SSHClientSession):
         self.exit_status = 128 + (number or 0)  # as a shell reports it
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.prompts is not None:
+            self.err.feed(self.prompts.flush())
         self.out.feed(b"", final=True)
         self.err.feed(b"", final=True)
         if self.closed.done():
@@ -159,18 +198,45 @@ class _Job(asyncssh.SSHClientSession):
 class Target:
     """An open SSH session to one host; see `connect` (opened by ssh.py)."""
 
-    def __init__(self, conn, params, audit: Audit | None, stage: str | None):
-        self.conn, self.params, self.audit, self.stage = conn, params, audit, stage
-        self.host = params.host
-        self.dest = f"{params.user}@{params.host}:{params.port}"
-        self.fingerprint = conn.get_server_host_key().get_fingerprint("sha256")
-        root = params.user == "root"
+    def __init__(self, session: ssh.Session, params, audit: Audit | None, stage: str | None,
+                 sudo_password: str | None = None):
+        self.sudo_password = sudo_password
+        self.session, self.params, self.audit, self.stage = session, params, audit, stage
+        self.conn = session.conn  # the target's own connection (the last hop)
+        self.destination = session.destination
+        self.host = params.host  # as the params name it: an ssh_config alias stays one
+        self.address = self.destination.target.address  # what it is reached at (HostName)
+        self.user = self.destination.target.user
+        self.dest = self.destination.target.dest
+        self.fingerprint = self.conn.get_server_host_key().get_fingerprint("sha256")
+        root = self.user == "root"
         self.privilege = params.privilege if params.privilege != "none" and not root else None
+        if self.privilege != "sudo":
+            self.sudo_password = None
+
+    @property
+    def audit(self) -> Audit | None:
+        return self._audit
+
+    @audit.setter
+    def audit(self, audit: Audit | None) -> None:
+        """Each stage brings its own Audit: the sudo password is masked in every one."""
+        self._audit = audit
+        if audit is not None and self.sudo_password:
+            audit.add_secret(self.sudo_password)
 
     @classmethod
     async def connect(cls, params, audit: Audit | None, *, stage: str | None = None) -> "Target":
-        """Open the session; each refusal is one RunbookError naming the host and what to do."""
-        return cls(await ssh.open_session(params), params, audit, stage)
+        """Open the session; each refusal is one RunbookError naming the host and what to do.
+        The audit records where it connected: the effective destination, and each hop with
+        the host key it showed."""
+        password = sudo.read_password(params) if params.privilege == "sudo" else None
+        target = cls(await ssh.open_session(params), params, audit, stage, password)
+        if audit is not None:
+            audit.record("connection", show=False, host=target.host,
+                         **target.destination.summary(), hops=target.session.fingerprints(),
+                         **({"stage": stage} if stage is not None else {}))
+        return target
 
     async def __aenter__(self) -> "Target":
         return self
@@ -179,8 +245,8 @@ class Target:
         await self.close()
 
     async def close(self) -> None:
-        self.conn.close()
-        await self.conn.wait_closed()
+        self.session.close()
+        await self.session.wait_closed()
 
     def _mask(self, text: str) -> str:
         return self.audit.mask(text) if self.audit else text
@@ -204,16 +270,19 @@ class Target:
         """
         via = self.privilege if privileged else None
         live = None if quiet or not stream else sys.stdout
+        password = self.sudo_password if via == "sudo" else None
         job = _Job(
             _Lines(live, self._mask, find_pid=True),
             _Lines(sys.stderr if live else None, self._mask),
+            password,
         )
         timeout = self.params.command_timeout if timeout is None else timeout
         data = input.encode("utf-8", "surrogateescape") if isinstance(input, str) else input
         start, t0 = now(), time.monotonic()
         extra = {}
         try:
-            await asyncio.wait_for(self._exec(job, _wrap(command, via), data), timeout)
+            await asyncio.wait_for(self._exec(job, _wrap(command, via, bool(password)), data),
+                                   timeout)
         except TimeoutError:
             extra = {"timed_out": timeout, "killed": await self._kill(job, via)}
         except (OSError, asyncssh.Error) as exc:
@@ -222,14 +291,14 @@ class Target:
         if live and result.duration > LONG:
             print(f"({result.duration:.1f} s)", flush=True)
         self._record(result, via, quiet, **extra)
+        if job.wrong_password:
+            raise sudo.wrong(self.params, self.user, self.dest)
         self._raise_for(result, via, job.out.pid, check, **extra)
         return result
 
     async def _exec(self, job: _Job, command: str, data: bytes | None) -> None:
         job.chan, _ = await self.conn.create_session(lambda: job, command, encoding=None)
-        if data:
-            job.chan.write(data)
-        job.chan.write_eof()
+        job.start(data)
         await job.closed
 
     async def _kill(self, job: _Job, via: str | None) -> bool:
@@ -237,11 +306,13 @@ class Target:
         try:
             if job.out.pid is None:
                 return False  # it never started (e.g. sudo hanging): nothing known to kill
-            killer = _Job(_Lines(None, self._mask, find_pid=True), _Lines(None, self._mask))
+            killer = _Job(_Lines(None, self._mask, find_pid=True), _Lines(None, self._mask),
+                          job.password)
             script = KILL_SCRIPT.format(pid=job.out.pid, ticks=round(KILL_GRACE * 10))
             start, t0 = now(), time.monotonic()
+            wrapped = _wrap(script, via, bool(job.password))
             with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
-                await asyncio.wait_for(self._exec(killer, _wrap(script, via), None), KILL_TIMEOUT)
+                await asyncio.wait_for(self._exec(killer, wrapped, None), KILL_TIMEOUT)
             result = killer.result(script, start, time.monotonic() - t0)
             self._record(result, via, quiet=True)
             return result.exit_status == 0
@@ -295,14 +366,19 @@ class Target:
             )
 
     def _privilege_message(self, via: str, result: Result) -> str:
-        user = self.params.user
+        user = self.user
         said = _tail(result.stderr).strip() or f"exit {result.exit_status}"
         if result.exit_status == 127:
             return f"{self.dest}: {via} could not run ({said}) — install it or set privilege"
+        if via == "sudo" and self.sudo_password:
+            return (f"{self.dest}: sudo refused to run commands for {user} ({said}), with the "
+                    f"password from {sudo.reference(self.params)}: is {user} allowed to use "
+                    "sudo (e.g. in the sudo group)?")
         rule = (
-            f"`{user} ALL=(ALL) NOPASSWD: ALL` (with visudo)"
+            f"`{user} ALL=(ALL) NOPASSWD: ALL` (with visudo), or give its password by "
+            "reference (target.sudo_password_env or target.sudo_password_file)"
             if via == "sudo"
-            else f"`permit nopass {user}` in /etc/doas.conf"
+            else f"`permit nopass {user}` in /etc/doas.conf (doas takes no password here)"
         )
         return (
             f"{self.dest}: {via} -n refused to run commands ({said}) — the runbook never types "

@@ -24,7 +24,6 @@ from runbook.run.stage import unused_folder
 
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
-BACK = '<nav class="runbook"><a href="{}">&larr; the run report</a></nav>'
 
 
 def write(folders: Path | str | list, out: Path | None = None, *,
@@ -56,7 +55,7 @@ def write_run(run_dir: Path, facts: dict | None = None, *, notebooks: bool = Tru
     if notebooks:
         from runbook.report.notebooks import render_stages  # nbconvert: only when asked
 
-        render_stages(run_dir, facts["stages"], nav=BACK.format(REPORT_HTML))
+        render_stages(run_dir, facts["stages"])
     lanes = by_stage(facts["commands"])
     svg = timeline.draw(lanes, label=f"timeline of {facts['folder']}")
     _save(run_dir / REPORT_HTML, render.page("run.html.j2", r=facts, safe_timeline=svg))

@@ -99,7 +99,7 @@ def header(run: dict, records: list[dict], stages: list[dict]) -> dict:
         "operator": run.get("operator") or UNKNOWN,
         "start": run.get("start") or (records[0].get("time") if records else None) or UNKNOWN,
         "end": run.get("end") or UNKNOWN,
-        "status": run.get("status") or _derived_status(run, stages),
+        "status": run.get("state") or _derived_status(run, stages),
         "dry_run": run.get("dry_run", UNKNOWN),
         "tools": run.get("tools") or {},
     }
@@ -127,7 +127,7 @@ def _identified(uname: str, os_release: str) -> str:
 
 
 def _derived_status(run: dict, stages: list[dict]) -> str:
-    """For runs recorded before run.json had a status: from the stages."""
+    """For runs recorded before run.json had a state: from the stages."""
     statuses = {s["status"] for s in stages}
     if "failed" in statuses:
         return "failed"

@@ -51,7 +51,7 @@ class OfflineTarget:
     """Stands where the SSH session would: refuses to reach the host."""
 
     def __init__(self, params):
-        self.host = params.target.host
+        self.host = self.address = params.target.host
         self.fingerprint = "(not connected: a plan)"
         self.audit = None
 
@@ -194,7 +194,8 @@ def render(plans: list[StagePlan], params: params_model.Params, source: str = ""
     profile = profile_for(params)
     out = [
         f"# mail-runbook plan{': ' + source if source else ''}",
-        f"# {profile.label} at {params.target.host} as {params.target.user}"
+        f"# {profile.label} at {params.target.host} as "
+        f"{params.target.user or 'the user its ssh_config gives'}"
         f"{' (' + params.target.privilege + ')' if params.target.privilege != 'none' else ''}"
         ", a fresh host: every command in order, every file edit as a diff",
         f"# against a fresh install's file: {_stock_note(profile)}",

@@ -12,6 +12,7 @@ second, more than a whole re-run of a stage.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import hashlib
 import json
 import logging
@@ -99,29 +100,73 @@ def run(
         run_dir = latest_run(runs_root, host)
     run_dir = run_dir or unused_folder(runs_root / run_name(host))
     progress = progress or Progress(len(selected), echo)
-    # The lock connects first: an unreachable host or a refused key leaves no run folder.
-    with TargetLock(params.target, run_dir.name) as lock:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _record_run_start(run_dir, params_file, params, dry_run, selected)
-        _recover(lock, run_dir, dry_run, echo)
-        parameters = params_model.as_parameters(params) | {
-            "mode": "batch", "run_dir": str(run_dir), "dry_run": dry_run,
-        }
-        state = "failed"
-        try:
-            with _kernel() as km:
-                for index, stage in enumerate(selected, 1):
-                    if gate:
-                        gate(stage.name)
-                    _run_stage(stage, index, run_dir, parameters, km, progress)
-            state = "ok"
-        except KeyboardInterrupt:
-            state = "interrupted"
-            raise
-        finally:
-            update_run_json(run_dir, end=_now(), state=state)
-            _seal(run_dir, sign_key, anchor, state != "ok", echo)
+    pages = None
+    try:
+        # The lock connects first: an unreachable host or a refused key leaves no run folder.
+        with TargetLock(params.target, run_dir.name) as lock:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _record_run_start(run_dir, params_file, params, dry_run, selected)
+            pages = _page_maker(echo)
+            _recover(lock, run_dir, dry_run, echo)
+            parameters = params_model.as_parameters(params) | {
+                "mode": "batch", "run_dir": str(run_dir), "dry_run": dry_run,
+            }
+            state = "failed"
+            try:
+                with _kernel() as km:
+                    for index, stage in enumerate(selected, 1):
+                        if gate:
+                            gate(stage.name)
+                        _run_stage(stage, index, run_dir, parameters, km, progress, pages)
+                state = "ok"
+            except KeyboardInterrupt:
+                state = "interrupted"
+                raise
+            finally:
+                update_run_json(run_dir, end=_now(), state=state)
+                _seal(run_dir, sign_key, anchor, state != "ok", echo)
+    finally:
+        if pages is not None:  # after a failure too: that is when the report is read most
+            pages.close()
+            write_report(run_dir, echo)
     return run_dir
+
+
+class _NoPages:
+    """Stands in for the page maker when it cannot start: the report makes the pages."""
+
+    def add(self, notebook: Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _page_maker(echo):
+    """The process making the stage pages while the run goes on (report.notebooks)."""
+    try:
+        # report/ sits above run/ (it reads what runs leave): imported here, for this run
+        from runbook.report.notebooks import PageMaker
+
+        return PageMaker()
+    except Exception as e:  # the report at the end makes the pages itself
+        echo(f"the stage pages are made at the end: {type(e).__name__}: {e}", flush=True)
+        return _NoPages()
+
+
+def write_report(run_dir: Path, echo=print) -> None:
+    """report.html beside the record (after sealing: it shows the verified record). A report
+    that cannot be made is said, never raised: the run's own result (and its exception)
+    stands."""
+    try:
+        # report/ sits above run/ (it reads what runs leave): imported here, at the end
+        from runbook import report
+
+        report.write(run_dir)
+    except Exception as e:
+        echo(f"the run report was not written: {type(e).__name__}: {e}", flush=True)
+    else:
+        echo(f"report: {run_dir / report.REPORT_HTML}", flush=True)
 
 
 def _recover(lock: TargetLock, run_dir: Path, dry_run: bool, echo) -> None:
@@ -157,7 +202,7 @@ def _seal(run_dir, sign_key, anchor, failed: bool, echo) -> None:
         echo(f"runbook: the record could not be sealed: {e}", flush=True)
 
 
-def _run_stage(stage, index, run_dir, parameters, km, progress) -> None:
+def _run_stage(stage, index, run_dir, parameters, km, progress, pages) -> None:
     output = run_dir / f"{stage.name}.ipynb"
     progress.start(index, stage.name)
     began = time.monotonic()
@@ -178,6 +223,8 @@ def _run_stage(stage, index, run_dir, parameters, km, progress) -> None:
     counts = operation_counts(run_dir).get(stage.name, Counter())
     status = "failed" if failure else "ok"
     _record_stage(run_dir, stage.name, status, seconds, counts, output)
+    if output.exists():
+        pages.add(output)
     progress.done(index, stage.name, status, seconds, _counts(counts))
     if failure:
         raise StageFailed(_failure_message(stage.name, failure, output)) from None
@@ -220,7 +267,8 @@ def _record_run_start(run_dir, params_file, params, dry_run, selected) -> None:
         json.dumps(params_model.as_parameters(params), sort_keys=True).encode()
     ).hexdigest()
     attempts = [*existing.get("attempts", []), {
-        "start": _now(), "dry_run": dry_run, "stages": [stage.name for stage in selected]}]
+        "start": _now(), "dry_run": dry_run, "stages": [stage.name for stage in selected],
+        "operator": _operator()}]
     update_run_json(
         run_dir,
         id=existing.get("id", run_dir.name),
@@ -229,6 +277,7 @@ def _record_run_start(run_dir, params_file, params, dry_run, selected) -> None:
         params_sha256=digest,
         git_commit=_git_commit(),
         tools=_tool_versions(),
+        operator=_operator(),
         start=existing.get("start", _now()),
         end=None,
         state="running",
@@ -286,6 +335,16 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
+
+
+def _operator() -> str | None:
+    """Who ran it: the local user (and whom sudo was run by)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        return None
+    via = os.environ.get("SUDO_USER")
+    return f"{user} (sudo by {via})" if via and via != user else user
 
 
 def _tool_versions() -> dict[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runbook import params as params_model
-from runbook.audit import Audit
+from runbook.audit import Audit, read_run_json, update_run_json
 from runbook.errors import RunbookError
 from runbook.remote.target import Target
 
@@ -101,12 +101,21 @@ async def begin(
     from runbook.platforms import detect  # platforms builds on stage's types
 
     stage.platform = await detect(stage)
+    _note_target(run_dir, target, stage.platform)
     return stage
 
 
+def _note_target(run_dir: Path, target: Target, profile) -> None:
+    """The host key seen and the platform profile used, in run.json (the report's header);
+    written when they differ from what it says, so once a run."""
+    seen = {"host_key": target.fingerprint,
+            "platform": {"name": profile.name, "release": profile.release}}
+    if any(read_run_json(run_dir).get(key) != value for key, value in seen.items()):
+        update_run_json(run_dir, **seen)
+
+
 async def _connect(target_params, audit: Audit, stage_name: str) -> Target:
-    key = (target_params.host, target_params.port, target_params.user,
-           str(target_params.key_file), str(target_params.known_hosts))
+    key = (target_params.model_dump_json(),)  # every way of reaching it (jumps, ssh_config…)
     target = _connections.get(key)
     if target is None or target.conn.is_closed():
         target = await Target.connect(target_params, audit, stage=stage_name)

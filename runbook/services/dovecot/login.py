@@ -95,7 +95,7 @@ def _describe_login(protocol: str):
 
 @described
 def _describe_probe(stage) -> list[str]:
-    address, why = _reachable(stage.params, listen_addresses(stage.params))
+    address, why = _reachable(stage.target.address, listen_addresses(stage.params))
     if address is None:
         return [f"# skipped: {why}"]
     source = stage.params.postfix.probe_source or "(the address this machine picks)"
@@ -265,9 +265,9 @@ async def pop3_login(stage) -> Outcome:
                    f"{count}: {found[1]!r}", evidence=pop.shown(), value=found)
 
 
-def _reachable(params, listen: list[str]) -> tuple[str | None, str]:
-    """The address this machine can try Dovecot's plain ports at, or None and why not."""
-    host = params.target.host
+def _reachable(host: str, listen: list[str]) -> tuple[str | None, str]:
+    """The address this machine can try Dovecot's plain ports at, or None and why not;
+    `host` is where the server is reached (ssh_config's HostName for an alias)."""
     for address in listen:
         if address in ("*", "::"):
             return host, ""
@@ -308,7 +308,7 @@ async def probe_plaintext_refused(stage) -> Outcome:
         if stage.dry_run:
             return Outcome("", "skipped", "dry run: Dovecot is not set up and running yet")
         raise OperationFailed("Dovecot is not running: nothing to probe")
-    address, why = _reachable(params, listen_addresses(params))
+    address, why = _reachable(stage.target.address, listen_addresses(params))
     if address is None:
         return Outcome("", "skipped", why)
     source = params.postfix.probe_source

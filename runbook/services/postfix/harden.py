@@ -103,7 +103,7 @@ def _describe_relay_probe(stage) -> list[str]:
     named = [i for i in p.inet_interfaces if i not in ("all", "loopback-only", "localhost")]
     if not named and "all" not in p.inet_interfaces:
         return ["# skipped: Postfix listens on loopback only"]
-    address = named[0] if named else stage.params.target.host
+    address = named[0] if named else stage.target.address
     source = f"from {p.probe_source}" if p.probe_source else "from an address outside mynetworks"
     return [f"# from this machine straight to {address}:25 ({source}, not through SSH): EHLO, "
             "MAIL FROM:<probe@relay-probe.invalid>, RCPT TO:<relay-test@relay-target.invalid>",
@@ -126,7 +126,7 @@ async def probe_open_relay(stage) -> Outcome:
     if not named and "all" not in interfaces:
         return Outcome("", "skipped", "Postfix listens on loopback only: no client on "
                        "another host can reach it to relay")
-    address = named[0] if named else params.target.host
+    address = named[0] if named else stage.target.address  # ssh_config's HostName
     source = params.postfix.probe_source
     if source and _inside(source, networks) and stage.dry_run:  # mynetworks drifted wider
         inside = f"postfix.probe_source {source} is inside mynetworks as the host has it now"
