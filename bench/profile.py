@@ -95,7 +95,10 @@ def phases(events: list[dict], wall: float) -> dict[str, tuple[float, float]]:
     elif lock:
         put("lock (on the run's connection)", lock)
     put("run.json: run start", first("_record_run_start"))
-    put("kernel start, to ready", first("_kernel.__enter__") or first("_start_kernel"))
+    if not first("Kernel.recover_run"):
+        put("recovery check (one round trip, on the lock's connection)", first("_recover"))
+    put("kernel start, to ready", first("_kernel.__enter__"))
+    _kernel_phases(out, mine, theirs)
     for e in (e for e in mine if e["name"] == "execute_notebook"):
         stage = e["notebook"].removesuffix(".ipynb")
         inner = _within(theirs, e["start"], e["end"])
@@ -107,12 +110,41 @@ def phases(events: list[dict], wall: float) -> dict[str, tuple[float, float]]:
         accounted = sum(parts.values())
         out[f"{stage}: notebook overhead (papermill, cells, kernel)"] = (
             e["start"], e["end"] - e["start"] - accounted)
-    put("kernel shutdown", first("_kernel.__exit__"))
-    put("lock released", first("TargetLock._release") or first("release"))
+    put("kernel shutdown", first("_kernel.__exit__") or first("Kernel.stop"))
+    put("lock released", first("TargetLock._release") or first("Kernel.close_run"))
     last = max(e["end"] for e in mine)
     out["process exit"] = (last, wall - last)
     out["wall"] = (0.0, wall)
     return out
+
+
+def _kernel_phases(out: dict, mine: list[dict], theirs: list[dict]) -> None:
+    """A kernel started first (run/kernel.py): its boot, and the run opened on it."""
+    spawned = next((e for e in mine if e["name"] == "Kernel.__init__"), None)
+    if spawned is None:
+        return
+    out["kernel: spawned"] = (spawned["start"], spawned["end"] - spawned["start"])
+    born = next((e for e in theirs if e["name"] == "python started"), None)
+    init = next((e for e in theirs if e["name"] == "IPKernelApp.initialize"), None)
+    if born and init:
+        out["kernel: interpreter start"] = (born["start"], born["end"] - born["start"])
+        imports = [(e["start"], e["end"]) for e in theirs
+                   if e["name"].startswith("import ") and e["end"] <= init["start"]]
+        out["kernel: imports (ipykernel, the package)"] = (born["end"], _union(imports))
+        out["kernel: ipykernel initialisation"] = (init["start"], init["end"] - init["start"])
+    ready = next((e for e in mine if e["name"] == "Kernel.ready"), None)
+    if ready:
+        out["runner waits for the kernel"] = (ready["start"], ready["end"] - ready["start"])
+    opened = next((e for e in theirs if e["name"] == "open_run"), None)
+    if opened:
+        inner = _within(theirs, opened["start"], opened["end"])
+        for name, label in (("open_session", "SSH connect"), ("hold", "lock")):
+            for e in (e for e in inner if e["name"] == name):
+                out[f"run opened in the kernel: {label}"] = (e["start"], e["end"] - e["start"])
+    recovered = next((e for e in mine if e["name"] == "Kernel.recover_run"), None)
+    if recovered:
+        out["recovery check (one round trip, in the kernel)"] = (
+            recovered["start"], recovered["end"] - recovered["start"])
 
 
 def _stage_parts(inner: list[dict]) -> dict[str, float]:

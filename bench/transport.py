@@ -37,6 +37,17 @@ async def timed(coroutine_factory, n: int) -> list[float]:
     return samples
 
 
+async def interleaved(factories: dict, n: int) -> dict[str, list[float]]:
+    """Each in turn, n times: drift in the machine's load hits them all alike."""
+    samples: dict[str, list[float]] = {name: [] for name in factories}
+    for _ in range(n):
+        for name, factory in factories.items():
+            t0 = time.perf_counter()
+            await factory()
+            samples[name].append(time.perf_counter() - t0)
+    return samples
+
+
 async def transport(target_params, commands: int) -> dict[str, list[float]]:
     bare_options = {"port": target_params.port, "username": target_params.user,
                     "known_hosts": str(target_params.known_hosts),
@@ -59,13 +70,18 @@ async def transport(target_params, commands: int) -> dict[str, list[float]]:
         for _ in range(10):  # warm up both paths
             await conn.run("true")
             await target.run("true", stream=False)
-        results["`true`, bare conn.run"] = await timed(lambda: conn.run("true"), commands)
-        results["`true`, Target.run (audited)"] = await timed(
-            lambda: target.run("true", stream=False), commands)
-        results["`postconf -n`-sized output, bare"] = await timed(
-            lambda: conn.run("seq 1 60"), commands // 3)
-        results["`postconf -n`-sized output, Target.run"] = await timed(
-            lambda: target.run("seq 1 60", stream=False), commands // 3)
+        unaudited = Target(target.conn, target_params, None, None)
+        results |= await interleaved({
+            "`true`, bare conn.run": lambda: conn.run("true"),
+            "`true`, Target.run (audited)": lambda: target.run("true", stream=False),
+            "`true`, Target.run without its audit record":
+                lambda: unaudited.run("true", stream=False),
+        }, commands)
+        results |= await interleaved({
+            "`postconf -n`-sized output, bare": lambda: conn.run("seq 1 60"),
+            "`postconf -n`-sized output, Target.run":
+                lambda: target.run("seq 1 60", stream=False),
+        }, commands // 3)
         await target.close()
     conn.close()
     return results

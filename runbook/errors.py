@@ -40,6 +40,10 @@ class PrivilegeRefused(TargetError):
     pass
 
 
+class TargetBusy(RunbookError):
+    """Another run holds the target's lock (remote/lock.py)."""
+
+
 class CommandFailed(TargetError):
     """A remote command exited non-zero; carries its result for the record."""
 
@@ -58,3 +62,10 @@ class AuditError(RunbookError):
 
 class LabError(RunbookError):
     pass
+
+
+def verdict_of(kind: type | None) -> str:
+    """How a run ended, for the journal its lock keeps on the host (remote/lock.py), from the
+    exception that ended it (None: none did). A failed stage restored that stage's files."""
+    return ("ok" if kind is None else
+            "interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")

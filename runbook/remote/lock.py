@@ -10,6 +10,9 @@ reboot keeps): a `start` line when the lock is taken, an `end <verdict>` line wh
 runner lets go saying how the run ended (ok, failed, interrupted), `end lost` when the
 connection closed without a word. A start with no end: the run was cut short by a reboot
 or a kill (see recovery.py).
+
+A run takes the lock on its own connection, the one its stages use (`hold`, called in the
+run's kernel: run/kernel.py); `TargetLock` holds it on a connection of its own.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from dataclasses import dataclass
 
 import asyncssh
 
-from runbook.errors import RunbookError
+from runbook.errors import TargetBusy, verdict_of
 from runbook.remote import files, sudo
 from runbook.remote.target import Target, q
 
@@ -46,10 +50,6 @@ fi
 """
 
 
-class TargetBusy(RunbookError):
-    pass
-
-
 def journal_path() -> str:
     return f"{files.BACKUP_ROOT}/{JOURNAL}"
 
@@ -59,12 +59,62 @@ def hold_command(owner: str, lock_dir: str | None = None) -> str:
                         root=q(files.BACKUP_ROOT), journal=q(journal_path()))
 
 
-class TargetLock:
-    """Context manager holding the target's lock in a background event loop.
+@dataclass
+class Held:
+    """The lock, held by a remote shell on one channel of the connection."""
 
-    The runner is synchronous (papermill runs its own loops), so the SSH connection that
-    holds the lock lives in a thread of its own for the length of the run.
-    """
+    process: asyncssh.SSHClientProcess
+
+
+async def hold(target: Target, owner: str) -> Held:
+    """Take the lock on an open connection. Raises TargetBusy naming the run holding it."""
+    command = hold_command(owner)
+    timeout = target.destination.target.connect_timeout
+    password = target.sudo_password
+    if password:  # sudo -S, fed the password only when it asks (sudo.py)
+        command = sudo.wrap(f"echo {sudo.AUTHED}; {command}")
+    elif target.privilege:  # sudo/doas, never interactive
+        command = f"{target.privilege} -n sh -c {q(command)}"
+    process = await target.conn.create_process(command)
+    if password:
+        try:
+            await sudo.answer(process, password, target.params, target.user, target.dest,
+                              timeout)
+        except BaseException:
+            process.close()
+            raise
+    first = await asyncio.wait_for(_answer(process), timeout)
+    if first != "locked":
+        process.close()
+        host = target.params.host
+        raise TargetBusy(
+            f"{host} is locked by another run ({first.removeprefix('busy: ') or 'unknown'}); "
+            f"wait for it to finish. A lock outlives a run only while its SSH connection "
+            f"is open; if none is, remove {LOCK_DIR} on {host}."
+        )
+    return Held(process)
+
+
+async def release(held: Held, verdict: str = "ok") -> None:
+    """Say how the run ended (the journal's `end` line) and let go."""
+    # a cut connection has nothing left to release: the shell wrote `end lost` itself
+    with contextlib.suppress(OSError, asyncssh.Error, TimeoutError):
+        held.process.stdin.write(verdict + "\n")
+        held.process.stdin.write_eof()
+        await asyncio.wait_for(held.process.wait(), 10)
+
+
+async def _answer(process) -> str:
+    """The script's verdict, skipping anything a login prints first (motd, nologin)."""
+    while line := await process.stdout.readline():
+        if line.strip() == "locked" or line.startswith("busy: "):
+            return line.strip()
+    return "the lock command ended without an answer"
+
+
+class TargetLock:
+    """Context manager holding the target's lock on a connection of its own, in a background
+    event loop so that a synchronous caller can hold it (tests, tools without a kernel)."""
 
     def __init__(self, target_params, owner: str):
         self.target_params = target_params
@@ -82,11 +132,8 @@ class TargetLock:
         return self
 
     def __exit__(self, kind, *_exc) -> None:
-        # how the run ended, for the journal: a stage failure restored that stage's files
-        verdict = ("ok" if kind is None else
-                   "interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")
         try:
-            self.call(self._release(verdict))
+            self.call(self._release(verdict_of(kind)))
         finally:
             self._stop()
 
@@ -100,42 +147,16 @@ class TargetLock:
 
     async def _acquire(self) -> None:
         self.target = await Target.connect(self.target_params, None)
-        command = hold_command(self.owner)
-        timeout = self.target.destination.target.connect_timeout
-        password = self.target.sudo_password
-        if password:  # sudo -S, fed the password only when it asks (sudo.py)
-            command = sudo.wrap(f"echo {sudo.AUTHED}; {command}")
-        elif self.target.privilege:  # sudo/doas, never interactive
-            command = f"{self.target.privilege} -n sh -c {q(command)}"
-        self.process = await self.target.conn.create_process(command)
-        if password:
-            try:
-                await sudo.answer(self.process, password, self.target_params,
-                                  self.target.user, self.target.dest, timeout)
-            except BaseException:
-                await self.target.close()
-                raise
-        first = await asyncio.wait_for(self._answer(), timeout)
-        if first != "locked":
+        try:
+            self.held = await hold(self.target, self.owner)
+        except BaseException:
             await self.target.close()
-            host = self.target_params.host
-            raise TargetBusy(
-                f"{host} is locked by another run ({first.removeprefix('busy: ') or 'unknown'}); "
-                f"wait for it to finish. A lock outlives a run only while its SSH connection "
-                f"is open; if none is, remove {LOCK_DIR} on {host}."
-            )
-
-    async def _answer(self) -> str:
-        """The script's verdict, skipping anything a login prints first (motd, nologin)."""
-        while line := await self.process.stdout.readline():
-            if line.strip() == "locked" or line.startswith("busy: "):
-                return line.strip()
-        return "the lock command ended without an answer"
+            raise
 
     async def _release(self, verdict: str = "ok") -> None:
-        # a cut connection has nothing left to release: the shell wrote `end lost` itself
-        with contextlib.suppress(OSError, asyncssh.Error, TimeoutError):
-            self.process.stdin.write(verdict + "\n")
-            self.process.stdin.write_eof()
-            await asyncio.wait_for(self.process.wait(), 10)
+        await release(self.held, verdict)
         await self.target.close()
+
+
+__all__ = ["BUSY", "JOURNAL", "LOCK_DIR", "VERDICTS", "Held", "TargetBusy", "TargetLock", "hold",
+           "hold_command", "journal_path", "release", "verdict_of"]

@@ -1,12 +1,12 @@
 """`runbook run`: execute stage notebooks with papermill into one run folder.
 
 The recipe: load and validate the params (a bad file creates nothing), pick the stages,
-take the target's lock, start one kernel, execute each stage notebook into
+have the run's kernel connect and take the target's lock, execute each stage notebook into
 `runs/<UTC timestamp>-<host>/NN-stage.ipynb`, record per-stage results in run.json, and stop
 at the first failure saying which stage, cell and command failed.
 
-All stages share one kernel (and so one SSH connection): a kernel start costs about a
-second, more than a whole re-run of a stage.
+All stages share one kernel (and so one SSH connection, which also holds the lock): a
+kernel start costs about a second, more than a whole re-run of a stage (see kernel.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import logging
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -28,16 +27,14 @@ from importlib import metadata
 from pathlib import Path
 
 import papermill
-from jupyter_client.manager import KernelManager
 from papermill.exceptions import PapermillExecutionError
 
 from runbook import params as params_model
 from runbook import signing
-from runbook.audit import Audit, read_run_json, update_run_json
-from runbook.errors import RunbookError
-from runbook.remote import recovery
-from runbook.remote.lock import TargetLock
+from runbook.audit import read_run_json, update_run_json
+from runbook.errors import RunbookError, verdict_of
 from runbook.run import engine
+from runbook.run import kernel as run_kernel
 from runbook.run import manifest as stage_manifest
 from runbook.run.stage import PROJECT, run_name, unused_folder
 
@@ -83,6 +80,7 @@ def run(
     params: params_model.Params | None = None,
     progress: Progress | None = None,
     gate=None,
+    kernel: run_kernel.Kernel | None = None,
 ) -> Path:
     """Execute the stages for one host; returns the run folder. Raises StageFailed.
 
@@ -90,7 +88,9 @@ def run(
     file (see signing.py), whether the stages succeeded or not. `params`, when given, are
     the already validated parameters `params_file` stands for (one host of an inventory).
     `gate(stage_name)`, when given, is asked before each stage and raises Stopped to end the
-    run there (a fleet's Ctrl-C, or its linear strategy waiting for the other hosts)."""
+    run there (a fleet's Ctrl-C, or its linear strategy waiting for the other hosts).
+    `kernel`: one already started (`runbook run` starts it first, to boot while the rest
+    loads), else one is started here; stopped when the run ends."""
     params = params or params_model.load(params_file)
     selected = stage_manifest.select(stages, start)
     if sign_key:
@@ -102,22 +102,21 @@ def run(
     progress = progress or Progress(len(selected), echo)
     pages = None
     try:
-        # The lock connects first: an unreachable host or a refused key leaves no run folder.
-        with TargetLock(params.target, run_dir.name) as lock:
+        # The lock first: an unreachable host or a refused key leaves no run folder.
+        with _opened(kernel, params.target, run_dir.name) as opened:
             run_dir.mkdir(parents=True, exist_ok=True)
             _record_run_start(run_dir, params_file, params, dry_run, selected)
             pages = _page_maker(echo)
-            _recover(lock, run_dir, dry_run, echo)
+            _recover(opened, params.target, run_dir, dry_run, echo)
             parameters = params_model.as_parameters(params) | {
                 "mode": "batch", "run_dir": str(run_dir), "dry_run": dry_run,
             }
             state = "failed"
             try:
-                with _kernel() as km:
-                    for index, stage in enumerate(selected, 1):
-                        if gate:
-                            gate(stage.name)
-                        _run_stage(stage, index, run_dir, parameters, km, progress, pages)
+                for index, stage in enumerate(selected, 1):
+                    if gate:
+                        gate(stage.name)
+                    _run_stage(stage, index, run_dir, parameters, opened.km, progress, pages)
                 state = "ok"
             except KeyboardInterrupt:
                 state = "interrupted"
@@ -169,26 +168,28 @@ def write_report(run_dir: Path, echo=print) -> None:
         echo(f"report: {run_dir / report.REPORT_HTML}", flush=True)
 
 
-def _recover(lock: TargetLock, run_dir: Path, dry_run: bool, echo) -> None:
-    """Before the first stage: say what a run cut short left on the host, and remove its
-    stray temp files (this run then completes what it began; see remote/recovery.py)."""
-    state = lock.call(recovery.inspect(lock.target, run_dir.name))
-    if not state.news:
-        return
-    audit = Audit(run_dir, display=False)
-    removed = []
-    if state.strays and not dry_run:
-        lock.target.audit = audit  # the removal is a command like any other: recorded
-        lock.call(recovery.remove_strays(lock.target, state.strays))
-        lock.target.audit, removed = None, state.strays
-    unfinished = state.unfinished
-    audit.record("recovery", host=lock.target_params.host,
-                 unfinished=unfinished and unfinished.run,
-                 ended=unfinished and unfinished.ended, pending=state.pending,
-                 strays=state.strays, removed=removed)
-    done = ("the stray temp files were removed; " if removed else "") + (
-        "this run completes what the unfinished one began" if unfinished else "")
-    echo("runbook: " + "\n  ".join([*state.report(), done]).rstrip(), flush=True)
+@contextlib.contextmanager
+def _opened(kernel, target_params, owner: str):
+    """The run's kernel (this one, or one started now), connected to the target and holding
+    its lock on that connection, the one every stage uses; the lock is released saying
+    how the run ended."""
+    with kernel or run_kernel.Kernel() as started:
+        started.open_run(target_params, owner)
+        kind = None
+        try:
+            yield started
+        except BaseException as e:
+            kind = type(e)
+            raise
+        finally:
+            started.close_run(target_params, verdict_of(kind))
+
+
+def _recover(opened, target_params, run_dir: Path, dry_run: bool, echo) -> None:
+    """Before the first stage: what a run cut short left on the host is said, and its stray
+    temp files removed (in the kernel, on the run's connection: kernel.recover_run)."""
+    if said := opened.recover_run(target_params, run_dir, dry_run):
+        echo(said, flush=True)
 
 
 def _seal(run_dir, sign_key, anchor, failed: bool, echo) -> None:
@@ -301,31 +302,6 @@ def _failure_message(stage: str, error: PapermillExecutionError, output: Path) -
         where += f" ({source[-1].strip()[:80]})"
     return (f"stage {stage} failed in {where}:\n  {error.ename}: {error.evalue}\n"
             f"the executed notebook with the error: {output}")
-
-
-class _kernel:
-    """One kernel for every stage of the run; shut down whatever happens.
-
-    It talks over Unix sockets in a private temp dir, not loopback TCP: nothing else on
-    the machine can reach the kernel that holds the SSH session.
-    """
-
-    def __enter__(self) -> KernelManager:
-        self.sockets = tempfile.TemporaryDirectory(prefix="runbook-kernel-")
-        self.km = KernelManager(kernel_name="python3", transport="ipc",
-                                ip=os.path.join(self.sockets.name, "kernel"))
-        self.km.start_kernel(cwd=str(PROJECT))
-        self.km.shared_kc = self.km.client()  # one client for all stages (see engine.py)
-        self.km.shared_kc.start_channels()
-        self.km.shared_kc.wait_for_ready(timeout=60)
-        return self.km
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.km.shared_kc.stop_channels()
-            self.km.shutdown_kernel(now=True)
-        finally:
-            self.sockets.cleanup()
 
 
 def _git_commit() -> str | None:

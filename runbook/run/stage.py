@@ -12,12 +12,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from runbook import params as params_model
 from runbook.audit import Audit, read_run_json, update_run_json
 from runbook.errors import RunbookError
-from runbook.remote.target import Target
+
+if TYPE_CHECKING:  # the runner imports this module for run_name and PROJECT: no SSH there
+    from runbook.remote.target import Target
 
 PROJECT = Path(__file__).resolve().parents[2]
 MODES = ("batch", "interactive")
@@ -91,7 +93,7 @@ async def begin(
     run_dir.mkdir(parents=True, exist_ok=True)
     audit = Audit(run_dir, stage=name)
     audit.record("stage", event="start", host=params.target.host, mode=mode, dry_run=dry_run)
-    target = await _connect(params.target, audit, name)
+    target = await connect(params.target, audit, name)
     stage = Stage(name, params, target, audit, run_dir, mode, bool(dry_run))
     if stage.interactive:
         from runbook.interactive.approval import Progress  # widgets stay out of batch runs
@@ -114,12 +116,20 @@ def _note_target(run_dir: Path, target: Target, profile) -> None:
         update_run_json(run_dir, **seen)
 
 
-async def _connect(target_params, audit: Audit, stage_name: str) -> Target:
-    key = (target_params.model_dump_json(),)  # every way of reaching it (jumps, ssh_config…)
-    target = _connections.get(key)
+def key(target_params) -> tuple:
+    """What tells one target's connection from another's in `_connections`."""
+    return (target_params.model_dump_json(),)  # every way of reaching it (jumps, ssh_config…)
+
+
+async def connect(target_params, audit: Audit | None, stage_name: str | None) -> Target:
+    """The kernel's open connection to the target (opened if there is none), recording into
+    `audit` for `stage_name` from now on."""
+    from runbook.remote.target import Target
+
+    target = _connections.get(key(target_params))
     if target is None or target.conn.is_closed():
         target = await Target.connect(target_params, audit, stage=stage_name)
-        _connections[key] = target
+        _connections[key(target_params)] = target
     else:
         target.audit, target.stage = audit, stage_name
     return target

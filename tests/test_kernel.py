@@ -1,0 +1,91 @@
+"""The run's kernel (run/kernel.py): started before anything else by `runbook run`, it holds
+the target's lock on the one SSH connection every stage uses.
+
+The first tests need no lab; the last runs against the lab host deb10 (root)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from labrun import ssh
+
+from runbook import errors, lab
+from runbook.run import kernel, runner
+
+PROJECT = Path(__file__).resolve().parent.parent
+HOST = "deb10"
+
+
+def test_errors_from_the_kernel_are_raised_again_as_their_own_class():
+    carried = kernel._carried("HostKeyChanged", "127.0.0.9: the key differs")
+    assert type(carried) is errors.HostKeyChanged and str(carried) == "127.0.0.9: the key differs"
+    assert type(kernel._carried("TargetBusy", "locked by r1")) is errors.TargetBusy
+    other = kernel._carried("ZeroDivisionError", "division by zero")
+    assert type(other) is errors.RunbookError and "ZeroDivisionError" in str(other)
+    # never a class that is not an error of a connection or the lock
+    assert type(kernel._carried("ParamsError", "x")) is errors.RunbookError
+
+
+def kernels_under(folder: Path) -> list[str]:
+    """Live kernels whose connection file is under `folder`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(folder) in argv and "runbook.run.kernel" in argv:
+            found.append(argv.replace("\0", " "))
+    return found
+
+
+def test_bad_params_are_refused_naming_the_field_and_the_early_kernel_is_gone(tmp_path):
+    bad = yaml.safe_load((PROJECT / "params/example-debian.yaml").read_text())
+    bad["postfix"]["mydomain"] = "example.com; touch /tmp/x"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    private = tmp_path / "tmp"  # where the kernel's sockets and connection file go
+    private.mkdir()
+    env = os.environ | {"TMPDIR": str(private)}
+    cli = subprocess.run([sys.executable, "-m", "runbook.cli", "run", str(path), "--run-dir",
+                          str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                         cwd=PROJECT, timeout=60)
+    assert cli.returncode == 2 and "postfix.mydomain" in cli.stderr
+    assert not (tmp_path / "run").exists()
+    assert kernels_under(private) == [], "the kernel started first was left running"
+    assert list(private.iterdir()) == [], "its private folder was left behind"
+
+
+@pytest.fixture(scope="module")
+def host() -> dict:
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root: they boot real target hosts (run `make test` as root)")
+    try:
+        return lab.up_host(HOST, checkout=PROJECT)
+    except Exception as e:
+        pytest.fail(f"the lab could not start {HOST}: {e}")
+
+
+def accepted(host: dict) -> int:
+    """SSH logins sshd has accepted on the host so far (this one included)."""
+    out = ssh(host, "journalctl -q --no-pager _COMM=sshd | grep -c 'Accepted publickey' || true")
+    return int(out.strip() or 0)
+
+
+@pytest.mark.lab
+def test_one_connection_serves_the_lock_and_every_stage(host, tmp_path):
+    before = accepted(host)
+    run_dir = runner.run(host["params_file"], stages=["preflight"], runs_root=tmp_path,
+                         echo=lambda *a, **k: None)
+    # the run's own connection, and the one that counts again
+    assert accepted(host) - before == 2
+    assert run_dir.exists()
+    journal = ssh(host, "tail -n 2 /var/backups/mail-runbook/JOURNAL")
+    assert re.search(rf"\t{re.escape(run_dir.name)}\tstart\n.*\t{re.escape(run_dir.name)}"
+                     r"\tend ok$", journal.strip(), re.S), journal
