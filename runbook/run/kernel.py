@@ -248,6 +248,9 @@ def main() -> None:
     # Imports make objects that live as long as the kernel; collecting among them is a
     # fifth of the import time. Frozen afterwards, later collections skip them too.
     gc.disable()
+    # ipykernel imports debugpy (0.1 s) to offer its debugger to a front end; a batch run
+    # has none, and ipykernel goes without when debugpy cannot be imported.
+    sys.modules.setdefault("debugpy", None)
     from ipykernel import kernelapp
 
     for name in PRELOAD:
