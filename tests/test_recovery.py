@@ -66,6 +66,37 @@ def test_the_lock_keeps_a_journal_of_each_run_and_how_it_ended(host):
     assert not Path(lock.LOCK_DIR).exists()
 
 
+def test_a_run_whose_connection_closed_takes_its_lock_again_before_going_on(host):
+    """The run's lock is held on the connection its stages use (run/kernel.py): should that
+    connection close, the next stage's connect takes the lock anew, or stops on TargetBusy."""
+    from runbook.params import Target as TargetParams
+    from runbook.run import stage
+
+    async def scenario():
+        async with ssh_server(host) as srv:
+            params = TargetParams.model_validate(vars(srv.params()))
+            await stage.hold_lock(params, "r1")
+            first = await stage.connect(params, None, "10-install")
+            await first.close()
+            again = await stage.connect(params, None, "20-enable")
+            assert again is not first and Path(lock.LOCK_DIR, "owner").read_text() == "r1\n"
+            await again.close()
+            while Path(lock.LOCK_DIR).exists():  # r1's shell lets go of the lock it held
+                await asyncio.sleep(0.05)
+            async with await Target.connect(params, None) as other:  # another run, meanwhile
+                held = await lock.hold(other, "r2")
+                with pytest.raises(lock.TargetBusy, match="r2"):
+                    await stage.connect(params, None, "30-configure")
+                await lock.release(held)
+            await stage.release_lock(params, "failed")  # nothing held any more: no-op
+            await (await stage.connect(params, None, None)).close()
+        stage._connections.clear()
+
+    asyncio.run(scenario())
+    assert journal(host) == [["r1", "start"], ["r1", "end lost"], ["r1", "start"],
+                             ["r1", "end lost"], ["r2", "start"], ["r2", "end ok"]]
+
+
 def test_an_unfinished_run_is_found_with_its_backups_and_strays(host):
     main_cf = host / "etc" / "main.cf"
     aliases = host / "etc" / "aliases"

@@ -66,33 +66,47 @@ class Held:
     process: asyncssh.SSHClientProcess
 
 
-async def hold(target: Target, owner: str) -> Held:
-    """Take the lock on an open connection. Raises TargetBusy naming the run holding it."""
-    command = hold_command(owner)
+async def hold(target: Target, owner: str, *, again: bool = False) -> Held:
+    """Take the lock on an open connection. Raises TargetBusy naming the run holding it.
+
+    `again`: the run takes its lock anew after its connection closed; the old connection's
+    shell may still be letting go (busy, with this very owner) for a moment."""
     timeout = target.destination.target.connect_timeout
+    loop = asyncio.get_running_loop()
+    patience = loop.time() + (timeout if again else 0)
+    while True:
+        process, first = await _try(target, owner, timeout)
+        if first == "locked":
+            return Held(process)
+        process.close()
+        if first != f"busy: {owner}" or loop.time() > patience:
+            break
+        await asyncio.sleep(0.1)
+    host = target.params.host
+    raise TargetBusy(
+        f"{host} is locked by another run ({first.removeprefix('busy: ') or 'unknown'}); "
+        f"wait for it to finish. A lock outlives a run only while its SSH connection "
+        f"is open; if none is, remove {LOCK_DIR} on {host}."
+    )
+
+
+async def _try(target: Target, owner: str, timeout: float):
+    """Start the lock's shell; it and its first answer ("locked", or "busy: OWNER")."""
+    command = hold_command(owner)
     password = target.sudo_password
     if password:  # sudo -S, fed the password only when it asks (sudo.py)
         command = sudo.wrap(f"echo {sudo.AUTHED}; {command}")
     elif target.privilege:  # sudo/doas, never interactive
         command = f"{target.privilege} -n sh -c {q(command)}"
     process = await target.conn.create_process(command)
-    if password:
-        try:
+    try:
+        if password:
             await sudo.answer(process, password, target.params, target.user, target.dest,
                               timeout)
-        except BaseException:
-            process.close()
-            raise
-    first = await asyncio.wait_for(_answer(process), timeout)
-    if first != "locked":
+        return process, await asyncio.wait_for(_answer(process), timeout)
+    except BaseException:
         process.close()
-        host = target.params.host
-        raise TargetBusy(
-            f"{host} is locked by another run ({first.removeprefix('busy: ') or 'unknown'}); "
-            f"wait for it to finish. A lock outlives a run only while its SSH connection "
-            f"is open; if none is, remove {LOCK_DIR} on {host}."
-        )
-    return Held(process)
+        raise
 
 
 async def release(held: Held, verdict: str = "ok") -> None:

@@ -182,19 +182,13 @@ def _carried(name: str, message: str) -> errors.RunbookError:
 
 # --- in the kernel: what the runner asks before the first stage and after the last --------
 
-_held: dict[tuple, object] = {}  # the run's lock (remote/lock.Held), per connection
-
-
 async def open_run(target: dict, owner: str) -> None:
     """Connect as the stages do (begin() finds the connection open) and take the target's
     lock on that very connection."""
     from runbook import params
-    from runbook.remote import lock
     from runbook.run import stage
 
-    target_params = params.Target.model_validate(target)
-    connection = await stage.connect(target_params, None, None)
-    _held[stage.key(target_params)] = await lock.hold(connection, owner)
+    await stage.hold_lock(params.Target.model_validate(target), owner)
 
 
 async def recover_run(target: dict, run_dir: str, dry_run: bool) -> str:
@@ -233,12 +227,9 @@ async def close_run(target: dict, verdict: str) -> None:
     """The run is over: its verdict to the journal, the lock released (the connection stays
     open for the kernel's life)."""
     from runbook import params
-    from runbook.remote import lock
     from runbook.run import stage
 
-    held = _held.pop(stage.key(params.Target.model_validate(target)), None)
-    if held is not None:
-        await lock.release(held, verdict)
+    await stage.release_lock(params.Target.model_validate(target), verdict)
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ MODES = ("batch", "interactive")
 # One open connection per target for the life of the kernel: the runner executes all
 # stages in one kernel, and a reconnect per stage would cost more than a whole re-run.
 _connections: dict[tuple, Target] = {}
+# The run's lock, held on that connection (kernel.open_run): owner and remote/lock.Held.
+_locks: dict[tuple, tuple[str, Any]] = {}
 
 
 @dataclass
@@ -130,9 +132,35 @@ async def connect(target_params, audit: Audit | None, stage_name: str | None) ->
     if target is None or target.conn.is_closed():
         target = await Target.connect(target_params, audit, stage=stage_name)
         _connections[key(target_params)] = target
+        if key(target_params) in _locks:
+            # The lock went with the closed connection (its shell wrote `end lost`): no
+            # stage goes on unlocked; taken again, or TargetBusy if another run has it now.
+            await _take_lock(target, _locks[key(target_params)][0], again=True)
     else:
         target.audit, target.stage = audit, stage_name
     return target
+
+
+async def hold_lock(target_params, owner: str) -> None:
+    """Take the target's lock on the run's connection, for as long as the run lasts."""
+    await _take_lock(await connect(target_params, None, None), owner)
+
+
+async def _take_lock(target: Target, owner: str, *, again: bool = False) -> None:
+    from runbook.remote import lock
+
+    _locks.pop(key(target.params), None)  # a lock not taken (again) is not held
+    _locks[key(target.params)] = (owner, await lock.hold(target, owner, again=again))
+
+
+async def release_lock(target_params, verdict: str) -> None:
+    """The run is over: its verdict to the host's journal, the lock released (the connection
+    stays open for the kernel's life)."""
+    from runbook.remote import lock
+
+    held = _locks.pop(key(target_params), None)
+    if held is not None:
+        await lock.release(held[1], verdict)
 
 
 def end(stage: Stage) -> None:
