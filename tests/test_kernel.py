@@ -5,6 +5,7 @@ The first tests need no lab; the last runs against the lab host deb10 (root)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -86,6 +87,10 @@ def test_one_connection_serves_the_lock_and_every_stage(host, tmp_path):
     # the run's own connection, and the one that counts again
     assert accepted(host) - before == 2
     assert run_dir.exists()
+    # opened for the lock before any stage, the connection is still in the record once
+    records = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
+    (connection,) = [r for r in records if r["type"] == "connection"]
+    assert connection["stage"] == "00-preflight" and connection["hops"], connection
     journal = ssh(host, "tail -n 2 /var/backups/mail-runbook/JOURNAL")
     assert re.search(rf"\t{re.escape(run_dir.name)}\tstart\n.*\t{re.escape(run_dir.name)}"
                      r"\tend ok$", journal.strip(), re.S), journal

@@ -233,10 +233,14 @@ class Target:
         password = sudo.read_password(params) if params.privilege == "sudo" else None
         target = cls(await ssh.open_session(params), params, audit, stage, password)
         if audit is not None:
-            audit.record("connection", show=False, host=target.host,
-                         **target.destination.summary(), hops=target.session.fingerprints(),
-                         **({"stage": stage} if stage is not None else {}))
+            target.record_connection(audit, stage)
         return target
+
+    def record_connection(self, audit: Audit, stage: str | None) -> None:
+        """Where this session connected: the effective destination, each hop's host key."""
+        audit.record("connection", show=False, host=self.host, **self.destination.summary(),
+                     hops=self.session.fingerprints(),
+                     **({"stage": stage} if stage is not None else {}))
 
     async def __aenter__(self) -> "Target":
         return self

@@ -42,6 +42,7 @@ PRELOAD = ("runbook.run.stage", "runbook.platforms", "runbook.services.preflight
 # prompt; in a run it costs 2-3 ms a cell, and the executed notebooks are the record.
 KERNEL_ARGS = ("--HistoryManager.enabled=False",)
 READY_TIMEOUT = 60.0
+MAX_CONNECT_TIMEOUT = 300.0  # the params model's bound (params.Target.connect_timeout)
 # Errors the kernel's connection or the lock may raise, rebuilt here by class name.
 CARRIED = (errors.TargetError, errors.TargetBusy)
 
@@ -100,7 +101,7 @@ class Kernel:
         """Connect to the target from the kernel and take its lock on that connection;
         raises what connecting or locking raised there (HostKeyChanged, TargetBusy, …)."""
         self._call("open_run", _plain(target_params), owner,
-                   timeout=2 * target_params.connect_timeout + 30)
+                   timeout=_connect_limit(target_params))
 
     def recover_run(self, target_params, run_dir: Path, dry_run: bool) -> str:
         """What a run cut short left on the host, tidied and recorded (see `recover_run`
@@ -165,6 +166,14 @@ def _reply(get, msg_id: str, timeout: float) -> dict | None:
         if msg["parent_header"].get("msg_id") == msg_id:
             return msg
     return None
+
+
+def _connect_limit(target_params) -> float:
+    """How long the runner waits for the kernel to connect and lock: a net for a kernel that
+    hangs (each hop has its own connect timeout, raised as HostUnreachable). An empty
+    connect_timeout is ssh_config's ConnectTimeout, which the runner does not read."""
+    hops = 1 + len(getattr(target_params, "jump", None) or [])
+    return 2 * hops * (target_params.connect_timeout or MAX_CONNECT_TIMEOUT) + 30
 
 
 def _plain(target_params) -> dict:

@@ -27,6 +27,7 @@ MODES = ("batch", "interactive")
 # One open connection per target for the life of the kernel: the runner executes all
 # stages in one kernel, and a reconnect per stage would cost more than a whole re-run.
 _connections: dict[tuple, Target] = {}
+_unrecorded: set[tuple] = set()  # connections not yet in an audit record (opened without)
 # The run's lock, held on that connection (kernel.open_run): owner and remote/lock.Held.
 _locks: dict[tuple, tuple[str, Any]] = {}
 
@@ -132,12 +133,17 @@ async def connect(target_params, audit: Audit | None, stage_name: str | None) ->
     if target is None or target.conn.is_closed():
         target = await Target.connect(target_params, audit, stage=stage_name)
         _connections[key(target_params)] = target
+        if audit is None:  # opened for the run's lock: the first stage's record says where
+            _unrecorded.add(key(target_params))
         if key(target_params) in _locks:
             # The lock went with the closed connection (its shell wrote `end lost`): no
             # stage goes on unlocked; taken again, or TargetBusy if another run has it now.
             await _take_lock(target, _locks[key(target_params)][0], again=True)
     else:
         target.audit, target.stage = audit, stage_name
+        if audit is not None and key(target_params) in _unrecorded:
+            _unrecorded.discard(key(target_params))
+            target.record_connection(audit, stage_name)
     return target
 
 
