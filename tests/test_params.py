@@ -191,3 +191,27 @@ def test_valid_values_round_trip(domain, address, prefix):
 ])
 def test_values_found_by_the_hostile_property_are_refused(section, key, value, field):
     assert refused_fields(with_value(section, key, value)) == [field]
+
+
+def sudo_problems(**target) -> list[tuple[str, str]]:
+    data = {name: dict(body) for name, body in BASE.items()}
+    data["target"] |= target
+    with pytest.raises(ParamsError) as caught:
+        params.validate(**data)
+    return caught.value.problems
+
+
+def test_a_sudo_password_is_a_reference_for_sudo_only_and_doas_says_why_not():
+    ok = params.validate(**{**BASE, "target": {"host": "m.example.org", "user": "op",
+                                                "privilege": "sudo",
+                                                "sudo_password_env": "SUDO_PASSWORD"}})
+    assert ok.target.sudo_password_env == "SUDO_PASSWORD"
+    (problem,) = sudo_problems(privilege="doas", sudo_password_env="SUDO_PASSWORD")
+    assert "doas takes no password" in problem[1] and "permit nopass" in problem[1]
+    (problem,) = sudo_problems(privilege="none", sudo_password_file="~/pw")
+    assert "only used with target.privilege: sudo" in problem[1]
+    (problem,) = sudo_problems(privilege="sudo", sudo_password_env="X", sudo_password_file="~/pw")
+    assert "not both" in problem[1]
+    # a reference, never the password itself: an environment variable's name only
+    assert [f for f, _ in sudo_problems(privilege="sudo", sudo_password_env="hunter2 x")] == [
+        "target.sudo_password_env"]
