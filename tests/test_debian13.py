@@ -141,3 +141,24 @@ def test_second_run_changes_nothing(host, first_run, tmp_path):
     stages = json.loads((again / "run.json").read_text())["stages"]
     assert all(s["status"] == "ok" for s in stages.values())
     assert sum(s["changed"] for s in stages.values()) == 0
+
+
+def test_maildir_on_dovecot_24_opens_its_inbox(host, first_run, tmp_path):
+    """dovecot.mailbox_format: maildir on Dovecot 2.4: the package's 10-mail.conf sets
+    mail_inbox_path to the mbox spool, which the runbook's file must point at the Maildir, or
+    every EXAMINE INBOX is `NO [SERVERBUG]` (or, emptied, an INBOX in ~/Maildir/.INBOX).
+    Runs last: it leaves the host delivering to Maildir."""
+    data = yaml.safe_load(Path(host["params_file"]).read_text())
+    data["dovecot"] |= {"mailbox_format": "maildir"}
+    switched = labrun.run(tmp_path, data, ["30-configure", "40-start", "50-validate",
+                                           "70-dovecot"], timings=TIMINGS)
+    conf = ssh(host, "cat /etc/dovecot/conf.d/99-mail-runbook.conf")
+    assert "mail_driver = maildir" in conf and "\nmail_inbox_path = ~/Maildir\n" in conf, conf
+    assert ssh(host, "doveconf -h mail_inbox_path").strip() == "~/Maildir"
+    read = next(r for r in operations(switched, "ok")
+                if r["stage"] == "50-validate" and r["name"].startswith("G19"))
+    subject = read["detail"].split(": ", 1)[1]
+    login = next(r for r in operations(switched) if r["name"].startswith("G22 IMAP login"))
+    assert login["status"] == "ok" and subject in login["detail"], login
+    again = labrun.run(tmp_path, data, ["70-dovecot"], timings=TIMINGS)
+    assert [r["name"] for r in operations(again, "changed")] == []

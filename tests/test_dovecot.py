@@ -199,7 +199,10 @@ def test_dovecot_24_gets_its_own_setting_names_and_reads_them_back():
     assert current["ssl_server/cert_file"] == "/etc/dovecot/private/mail-runbook.pem"
     assert wanted.settings_problems(settings.values(), current) == []
     maildir = dataclasses.replace(settings, mail_location="maildir:~/Maildir")
-    assert maildir.mail() == {"mail_driver": "maildir", "mail_path": "~/Maildir"}
+    # the package's mail_inbox_path (the mbox spool) replaced: a Maildir's INBOX is itself
+    assert maildir.mail() == {"mail_driver": "maildir", "mail_path": "~/Maildir",
+                              "mail_inbox_path": "~/Maildir"}
+    assert "\nmail_inbox_path = ~/Maildir\n" in wanted.render_config(maildir)
     assert wanted.checked("2.3") == wanted.CHECKED
 
 

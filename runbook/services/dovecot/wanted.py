@@ -122,6 +122,12 @@ class Settings:
             return {"mail_location": self.mail_location}
         driver, _, rest = self.mail_location.partition(":")
         path, _, inbox = rest.partition(":INBOX=")
+        # Debian 13's conf.d/10-mail.conf sets mail_inbox_path = /var/mail/%{user}: a Maildir
+        # must replace it, or Dovecot opens the mbox spool file as a maildir and fails every
+        # SELECT/EXAMINE INBOX (NO [SERVERBUG]). Emptied, 2.4 makes INBOX ~/Maildir/.INBOX;
+        # Postfix delivers to the Maildir itself (home_mailbox = Maildir/), so INBOX is that.
+        if driver == "maildir":
+            inbox = inbox or path
         found = {"mail_driver": driver, "mail_path": path}
         if inbox:
             found["mail_inbox_path"] = inbox.replace("%u", "%{user}")
