@@ -134,3 +134,18 @@ def test_validate_show_target_prints_each_value_and_its_source(config, tmp_path,
     assert f"from {config} (Hostname)" in out and f"from {config} (UserKnownHostsFile)" in out
     assert "jump host bastion: jumper@192.0.2.1:2200" in out
     assert "reached through: jumper@192.0.2.1:2200 -> fallback@second:22" in out
+
+
+def test_a_proxy_command_is_refused_rather_than_skipped(tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text("Host via-nc\n    ProxyCommand nc -X connect -x proxy:3128 %h %p\n"
+                      "Host plain\n    ProxyCommand none\n")
+    with pytest.raises(ParamsError) as refused:
+        destination.resolve(target(host="via-nc", ssh_config=str(config)))
+    (field, reason), = refused.value.problems
+    assert field == "target.ssh_config" and "ProxyCommand" in reason and "ProxyJump" in reason
+    assert destination.resolve(target(host="plain", ssh_config=str(config))).jumps == ()
+    # a jump list in the params replaces it, as ssh's -J does
+    found = destination.resolve(target(host="via-nc", ssh_config=str(config),
+                                       jump=["root@192.0.2.1"]))
+    assert [hop.dest for hop in found.jumps] == ["root@192.0.2.1:22"]

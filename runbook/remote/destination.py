@@ -142,7 +142,10 @@ def _hop(params, files, host: str, user, port, *, final: bool) -> Hop:
     """One hop's values: `user` and `port` as given (the target's params, or a jump spec),
     the rest from the params that apply to it, its config, then the defaults."""
     layers = _options(files, host, user, port)
+    if not (final and params.jump is not None):  # target.jump replaces it, as ssh's -J
+        _refuse_proxy_command(files, layers, host)
     sources: dict[str, str] = {}
+
     def given(name: str) -> str:
         return f"params (target.{name})" if final else "jump spec"
 
@@ -184,6 +187,18 @@ def _hop(params, files, host: str, user, port, *, final: bool) -> Hop:
         agent=params.use_agent,
         known_hosts=tuple(str(Path(k).expanduser()) for k in known),
         policy=policy, connect_timeout=timeout, sources=sources)
+
+
+def _refuse_proxy_command(files, layers: list[dict], host: str) -> None:
+    """A ProxyCommand the runbook would not run must not be skipped silently: the connection
+    would then go straight to the address instead."""
+    for path, options in zip(files, layers, strict=True):
+        if "ProxyCommand" in options:
+            if layers[-1]["ProxyCommand"] is not None:  # `ProxyCommand none` is none
+                raise ParamsError([("target.ssh_config", (
+                    f"{path} gives {host} a ProxyCommand, which the runbook does not run: "
+                    "use ProxyJump there, or target.jump"))], "parameters")
+            return
 
 
 def _set(layers: list[dict], option: str) -> bool:
