@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import types
 from pathlib import Path
 
 import asyncssh
@@ -599,3 +600,29 @@ def test_a_missing_sudo_password_stops_before_connecting(tmp_path, monkeypatch):
             return srv.commands
 
     assert asyncio.run(body()) == []
+
+
+def test_a_sudo_password_file_is_read_and_its_problems_named(tmp_path):
+    from runbook.remote import sudo
+
+    secret = tmp_path / "sudo_pw"
+    secret.write_text("s3cret pass\n")  # one trailing newline, as an editor leaves it
+    params = types.SimpleNamespace(sudo_password_env=None, sudo_password_file=secret)
+    assert sudo.read_password(params) == "s3cret pass"
+    secret.write_text("")
+    with pytest.raises(PrivilegeRefused, match=r"target\.sudo_password_file .* is empty"):
+        sudo.read_password(params)
+    params.sudo_password_file = tmp_path / "missing"
+    with pytest.raises(PrivilegeRefused, match=r"cannot read target\.sudo_password_file"):
+        sudo.read_password(params)
+
+    async def body():
+        async with ssh_server(tmp_path) as srv:
+            fake(tmp_path, "sudo", FAKE_SUDO, srv.env)
+            srv.env["SUDO_WANT"] = "s3cret pass"
+            secret.write_text("s3cret pass\n")
+            params = srv.params(user="alice", privilege="sudo", sudo_password_file=secret)
+            async with await Target.connect(params, None) as t:
+                return (await t.run("echo ran as asked")).stdout
+
+    assert asyncio.run(body()) == "ran as asked\n"
