@@ -137,9 +137,10 @@ def _validate(args) -> int:
         print(f"{name or f'{args.params}: valid '}({user}{target.host}, "
               f"platform {host.params.platform.name})")
         if args.show_target:
-            from runbook.remote import destination
+            from runbook.remote import destination, sudo
 
             print(destination.describe(destination.resolve(target)), end="")
+            print(f"privilege: {sudo.describe(target)}")
     return 0
 
 

@@ -134,6 +134,22 @@ def test_validate_show_target_prints_each_value_and_its_source(config, tmp_path,
     assert f"from {config} (Hostname)" in out and f"from {config} (UserKnownHostsFile)" in out
     assert "jump host bastion: jumper@192.0.2.1:2200" in out
     assert "reached through: jumper@192.0.2.1:2200 -> fallback@second:22" in out
+    assert "privilege: none" in out
+
+
+def test_show_target_names_where_the_sudo_password_is_read_never_the_password(
+        config, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SUDO_PW", "never-shown-pw")
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({
+        "target": {"host": "mail-alias", "ssh_config": str(config), "privilege": "sudo",
+                   "sudo_password_env": "SUDO_PW"},
+        "postfix": {"mydomain": "example.org", "myhostname": "mail.example.org",
+                    "test_recipient": "samt"}}))
+    assert cli_main(["validate", str(path), "--show-target"]) == 0
+    out = capsys.readouterr().out
+    assert "privilege: sudo -S, its password read from target.sudo_password_env (SUDO_PW)" in out
+    assert "never-shown-pw" not in out
 
 
 def test_a_proxy_command_is_refused_rather_than_skipped(tmp_path):

@@ -29,6 +29,18 @@ def reference(params) -> str:
     return f"target.sudo_password_file ({params.sudo_password_file})"
 
 
+def describe(params) -> str:
+    """How the login user becomes root, as `validate --show-target` says it (never the
+    password: only where it is read from)."""
+    if params.privilege == "none":
+        return "none: the login user runs every command itself (root, or nothing works)"
+    if params.privilege == "doas":
+        return "doas -n: passwordless only (a `permit nopass` rule)"
+    if params.sudo_password_env or params.sudo_password_file:
+        return f"sudo -S, its password read from {reference(params)}, fed when sudo asks"
+    return "sudo -n: passwordless only (a NOPASSWD rule)"
+
+
 def read_password(params) -> str | None:
     """The sudo password the params refer to, read now; None when they name none."""
     if getattr(params, "sudo_password_env", None):
