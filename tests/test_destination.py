@@ -165,3 +165,15 @@ def test_a_proxy_command_is_refused_rather_than_skipped(tmp_path):
     found = destination.resolve(target(host="via-nc", ssh_config=str(config),
                                        jump=["root@192.0.2.1"]))
     assert [hop.dest for hop in found.jumps] == ["root@192.0.2.1:22"]
+
+
+def test_a_host_key_alias_is_kept_and_shown(tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text("Host mail-alias\n    HostName 192.0.2.25\n    HostKeyAlias mail-key\n")
+    found = destination.resolve(target(host="mail-alias", ssh_config=str(config)))
+    assert found.target.host_key_alias == "mail-key"
+    assert found.target.sources["host_key_alias"] == f"{config} (HostKeyAlias)"
+    assert "host key alias   mail-key" in destination.describe(found)
+    plain = destination.resolve(target(host="other", ssh_config=str(config))).target
+    assert plain.host_key_alias is None and "host key alias" not in destination.describe(
+        destination.resolve(target(host="other", ssh_config=str(config))))

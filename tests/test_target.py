@@ -626,3 +626,27 @@ def test_a_sudo_password_file_is_read_and_its_problems_named(tmp_path):
                 return (await t.run("echo ran as asked")).stdout
 
     assert asyncio.run(body()) == "ran as asked\n"
+
+
+def test_a_host_key_alias_from_ssh_config_names_the_key_to_check(tmp_path):
+    """HostKeyAlias: the key is looked up under the alias, not the address; a changed key
+    under the alias is refused naming it."""
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host {HOST}\n    HostKeyAlias mail-key-alias\n")
+
+    async def body():
+        async with ssh_server(tmp_path) as srv:
+            key = srv.host_key.export_public_key().decode().strip()
+            srv.known_hosts.write_text(f"[mail-key-alias]:{srv.port} {key}\n")
+            params = srv.params(ssh_config=str(config))
+            async with await Target.connect(params, None) as t:
+                out = (await t.run("echo under the alias")).stdout
+            other = asyncssh.generate_private_key("ssh-ed25519").export_public_key()
+            srv.known_hosts.write_text(f"[mail-key-alias]:{srv.port} {other.decode().strip()}\n")
+            with pytest.raises(HostKeyChanged) as changed:
+                await Target.connect(params, None)
+            return out, str(changed.value)
+
+    out, message = asyncio.run(body())
+    assert out == "under the alias\n"
+    assert "the key of mail-key-alias" in message and "ssh-keygen -R" in message

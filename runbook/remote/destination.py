@@ -53,6 +53,7 @@ class Hop:
     policy: str  # strict | accept-new
     connect_timeout: float
     sources: dict[str, str] = field(default_factory=dict)  # value -> where it came from
+    host_key_alias: str | None = None  # the name its key is under in known_hosts, if not its own
 
     @property
     def dest(self) -> str:
@@ -177,6 +178,7 @@ def _hop(params, files, host: str, user, port, *, final: bool) -> Hop:
     timeout = float(pick("connect_timeout", params.connect_timeout,
                          "params (target.connect_timeout)", "ConnectTimeout",
                          DEFAULT_TIMEOUT))
+    key_alias = pick("host_key_alias", None, "", "HostKeyAlias", None)
     sources["agent"] = "default" if params.use_agent else "params (target.use_agent)"
     policy = POLICIES.get(str(strict).lower(), str(strict))
     if str(strict).lower() in ("no", "off"):
@@ -186,7 +188,8 @@ def _hop(params, files, host: str, user, port, *, final: bool) -> Hop:
         keys=tuple(str(Path(k).expanduser()) for k in keys), identities_only=only,
         agent=params.use_agent,
         known_hosts=tuple(str(Path(k).expanduser()) for k in known),
-        policy=policy, connect_timeout=timeout, sources=sources)
+        policy=policy, connect_timeout=timeout, sources=sources,
+        host_key_alias=str(key_alias) if key_alias else None)
 
 
 def _refuse_proxy_command(files, layers: list[dict], host: str) -> None:
@@ -231,6 +234,8 @@ def describe(destination: Destination) -> str:
                 ("known_hosts", ", ".join(hop.known_hosts), "known_hosts"),
                 ("policy", hop.policy, "policy"),
                 ("connect timeout", f"{hop.connect_timeout:g} s", "connect_timeout")]
+        if hop.host_key_alias:
+            rows.insert(6, ("host key alias", hop.host_key_alias, "host_key_alias"))
         if "jump" in hop.sources:
             rows.insert(0, ("jump", f"hop {destination.jumps.index(hop) + 1}", "jump"))
         width = max(len(value) for _, value, _ in rows)

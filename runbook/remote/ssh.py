@@ -77,6 +77,8 @@ async def _connect(hop: Hop, tunnel, through: str) -> asyncssh.SSHClientConnecti
     }
     if tunnel is not None:
         options["tunnel"] = tunnel
+    if hop.host_key_alias:  # its key is looked up (and, accept-new, recorded) under this name
+        options["host_key_alias"] = hop.host_key_alias
     keys = [k for k in hop.keys if Path(k).exists()]  # ssh skips a config's missing ones
     if len(keys) < len(hop.keys) and hop.sources.get("keys", "").startswith("params"):
         raise AuthenticationRefused(f"{dest}: key_file {hop.keys[0]} does not exist")
@@ -160,17 +162,19 @@ def host_key_error(dest, hop: Hop, known: list[Path], client: HostKeyCheck, exc)
     fp = client.fingerprint or "unknown fingerprint"
     where = ", ".join(str(k) for k in known) or "no known_hosts file"
     first = known[0] if known else Path("~/.ssh/known_hosts")
+    name = hop.host_key_alias or hop.address  # the name its key is under in known_hosts
+    alias = f" (its HostKeyAlias: the key goes under {name})" if hop.host_key_alias else ""
     if client.refused == "unknown":
         return HostKeyUnknown(
-            f"{dest}: host key {fp} of {hop.address} is not in {where} — check that "
+            f"{dest}: host key {fp} of {name} is not in {where} — check that "
             "fingerprint with the host's administrator and add the key (`ssh-keyscan -p "
-            f"{hop.port} {hop.address} >> {first}`), or set target.host_key_policy: "
+            f"{hop.port} {hop.address} >> {first}`{alias}), or set target.host_key_policy: "
             "accept-new for a first contact"
         )
     reason = "" if client.refused else f" ({exc.reason})"
     return HostKeyChanged(
-        f"{dest}: the key of {hop.address} ({fp}) differs from the one in {where}{reason} — "
+        f"{dest}: the key of {name} ({fp}) differs from the one in {where}{reason} — "
         "if the host was reinstalled, remove its line with "
-        f"`ssh-keygen -R {q(pattern(hop.address, hop.port))} -f {first}`; "
+        f"`ssh-keygen -R {q(pattern(name, hop.port))} -f {first}`; "
         "otherwise do not connect"
     )
