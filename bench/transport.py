@@ -70,7 +70,7 @@ async def transport(target_params, commands: int) -> dict[str, list[float]]:
         for _ in range(10):  # warm up both paths
             await conn.run("true")
             await target.run("true", stream=False)
-        unaudited = Target(target.conn, target_params, None, None)
+        unaudited = Target(target.session, target_params, None, None)
         results |= await interleaved({
             "`true`, bare conn.run": lambda: conn.run("true"),
             "`true`, Target.run (audited)": lambda: target.run("true", stream=False),

@@ -7,7 +7,9 @@ imported on first use only: it costs about a second with its templates.
 `runbook run` has its stage pages made by a process of its own (`PageMaker`, this module
 run as a script) while the run goes on: nbconvert is imported while the first stage runs,
 each stage's page made as soon as its notebook is written, and the report at the end finds
-them made instead of adding their second or two to every run.
+them made instead of adding their second or two to every run. The report itself is written
+by that process too (`PageMaker.finish`): it has the report's modules loaded by then, which
+the runner would otherwise import after the last stage.
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ def render_stages(run_dir: Path, stages: list[dict]) -> None:
             stage["notebook_error"] = f"{type(e).__name__}: {e}"
 
 
+REPORT = "\0report "  # the line asking for a run folder's report (no path starts so)
+
+
 class PageMaker:
     """Stage pages made by a process of its own while a run goes on (see the docstring)."""
 
@@ -98,6 +103,20 @@ class PageMaker:
             self.process.stdin.write(f"{notebook}\n")
             self.process.stdin.flush()
 
+    def finish(self, run_dir: Path, timeout: float = 60.0) -> bool:
+        """Ask for the run's report once its pages are made, and wait for it (at most
+        `timeout`); True when it was written (else the runner writes it itself)."""
+        self.add(f"{REPORT}{run_dir}")
+        self.close(timeout)
+        return self.process.returncode == 0
+
+    def cancel(self) -> None:
+        """No run began (the lock was refused, the host unreachable): no page to make."""
+        self.process.kill()
+        self.process.wait()
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+
     def close(self, timeout: float = 60.0) -> None:
         """Wait for the pages asked for (at most `timeout`); the report makes any missing."""
         with contextlib.suppress(OSError, ValueError):
@@ -109,14 +128,27 @@ class PageMaker:
             self.process.wait()
 
 
-def main() -> None:
-    """The page maker: a notebook path a line on stdin, its page made; until stdin ends."""
+def main() -> int:
+    """The page maker: a notebook path a line on stdin, its page made; until stdin ends. A
+    REPORT line has the run's report written: exit status 0 once it is, else 1."""
+    with contextlib.suppress(OSError):
+        os.nice(10)  # it uses what CPU the run's kernel and runner leave
     _exporter()  # nbconvert's import and templates, while the first stage runs
+    from runbook import report  # and the report's, for the end of the run
+
+    written = False
     for line in sys.stdin:
-        # A page that cannot be made here is made (or its error shown) by the report.
+        line = line.rstrip("\n")
+        # A page that cannot be made here is made (or its error shown) by the report; a
+        # report that cannot be written here is written (or its error said) by the runner.
         with contextlib.suppress(Exception):
-            stage_page(Path(line.rstrip("\n")))
+            if line.startswith(REPORT):
+                report.write(Path(line.removeprefix(REPORT)))
+                written = True
+            else:
+                stage_page(Path(line))
+    return 0 if written else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -100,13 +100,14 @@ def run(
         run_dir = latest_run(runs_root, host)
     run_dir = run_dir or unused_folder(runs_root / run_name(host))
     progress = progress or Progress(len(selected), echo)
-    pages = None
+    # Started now, it loads nbconvert at low priority while the kernel connects.
+    pages, began = _page_maker(echo), False
     try:
         # The lock first: an unreachable host or a refused key leaves no run folder.
         with _opened(kernel, params.target, run_dir.name) as opened:
             run_dir.mkdir(parents=True, exist_ok=True)
             _record_run_start(run_dir, params_file, params, dry_run, selected)
-            pages = _page_maker(echo)
+            began = True
             _recover(opened, params.target, run_dir, dry_run, echo)
             parameters = params_model.as_parameters(params) | {
                 "mode": "batch", "run_dir": str(run_dir), "dry_run": dry_run,
@@ -125,8 +126,12 @@ def run(
                 update_run_json(run_dir, end=_now(), state=state)
                 _seal(run_dir, sign_key, anchor, state != "ok", echo)
     finally:
-        if pages is not None:  # after a failure too: that is when the report is read most
-            pages.close()
+        # after a failure too (that is when the report is read most), once a run began
+        if not began:
+            pages.cancel()
+        elif pages.finish(run_dir):  # written by the page maker, its modules loaded
+            echo(f"report: {run_dir / 'report.html'}", flush=True)
+        else:
             write_report(run_dir, echo)
     return run_dir
 
@@ -137,7 +142,10 @@ class _NoPages:
     def add(self, notebook: Path) -> None:
         pass
 
-    def close(self) -> None:
+    def finish(self, run_dir: Path) -> bool:
+        return False
+
+    def cancel(self) -> None:
         pass
 
 
