@@ -11,7 +11,10 @@ from runbook import platforms
 from runbook.ops import facts
 from runbook.ops.operations import OperationFailed
 from runbook.platforms import UnsupportedPlatform
+from runbook.platforms.debian import apt as debian_apt
 from runbook.services import postfix
+
+NO_HOLD = facts.file(debian_apt.POLICY_RC_D).name  # no policy-rc.d left behind
 
 DEBIAN_OS_RELEASE = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
 
@@ -64,9 +67,10 @@ def test_parse_dpkg_status_and_services():
 
 def test_debian_install_plan_holds_services_and_always_removes_the_policy(monkeypatch):
     install_files(monkeypatch)
-    stage = Stage({"dpkg packages": {}})
+    stage = Stage({"dpkg packages": {}, NO_HOLD: None})
     plan = run(stage.platform.install(stage))
-    policy, debconf, apt = plan.steps
+    wait, policy, debconf, apt = plan.steps
+    assert "pgrep -x apt-get" in wait.command and "pgrep -x dpkg" in wait.command
     assert "exit 101" in policy.command and "policy-rc.d" in policy.command
     assert debconf.command == "debconf-set-selections"
     assert "postfix/mailname string mail.deb1.test" in debconf.input
@@ -76,13 +80,26 @@ def test_debian_install_plan_holds_services_and_always_removes_the_policy(monkey
 
 
 def test_debian_install_needs_nothing_when_each_role_is_filled(monkeypatch):
-    stage = Stage({"dpkg packages": {"postfix": True, "syslog-ng-core": True, "s-nail": True}})
+    filled = {"postfix": True, "syslog-ng-core": True, "s-nail": True}
+    stage = Stage({"dpkg packages": filled, NO_HOLD: None})
     assert run(stage.platform.install(stage)).empty
+
+
+def test_a_policy_left_by_a_cut_install_is_removed_when_nothing_is_installed():
+    left = "#!/bin/sh\n# mail-runbook: no service starts while it installs\nexit 101\n"
+    stage = Stage({"dpkg packages": {"postfix": True, "rsyslog": True, "bsd-mailx": True},
+                   NO_HOLD: left})
+    plan = run(stage.platform.install(stage))
+    assert [step.command for step in plan.steps] == [debian_apt.release_services().command]
+    assert "cut short" in plan.found
+    operator_s = Stage({"dpkg packages": {"postfix": True, "rsyslog": True, "bsd-mailx": True},
+                        NO_HOLD: "#!/bin/sh\nexit 0\n"})  # an operator's own policy stays
+    assert run(operator_s.platform.install(operator_s)).empty
 
 
 def test_install_failure_still_removes_the_policy(monkeypatch):
     install_files(monkeypatch)
-    stage = Stage({"dpkg packages": {}}, fail="apt-get install")
+    stage = Stage({"dpkg packages": {}, NO_HOLD: None}, fail="apt-get install")
     with pytest.raises(Exception, match="exited 1"):
         run(postfix.install(stage))
     assert "policy-rc.d" in stage.commands[-1] and "rm -f" in stage.commands[-1]

@@ -13,6 +13,17 @@ from runbook.ops.operations import Plan, Run
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 POLICY_SAVED = "/usr/sbin/policy-rc.d.mail-runbook-saved"
 POLICY_MARK = "mail-runbook"
+LOCK_WAIT = 300  # s an install waits for dpkg's lock (an earlier, cut-off install finishing)
+
+
+def wait_for_package_manager() -> Run:
+    """An install whose SSH connection was cut finishes on its own (see `apt_install`) and
+    holds dpkg's and debconf's locks meanwhile: the next install waits for it first."""
+    return Run("i=0; while pgrep -x apt-get >/dev/null || pgrep -x dpkg >/dev/null; do "
+               f"[ $i -lt {LOCK_WAIT * 10} ] || {{ echo 'a package install is still "
+               "running' >&2; exit 1; }; sleep 0.1; i=$((i+1)); done",
+               why="an install still running (one cut off from its connection) ends first",
+               timeout=LOCK_WAIT + 30)
 
 
 def hold_services(why: str) -> Run:
@@ -34,12 +45,25 @@ def release_services() -> Run:
 
 def apt_install(packages: list[str], *, known: str, effect) -> Run:
     """One apt-get for all of a stage's packages, without recommends, keeping any changed
-    configuration file; the package lists are updated only when apt does not know `known`."""
-    return Run(f"apt-cache show {q(known)} >/dev/null 2>&1 || apt-get update -q; "
+    configuration file; the package lists are updated only when apt does not know `known`.
+
+    An install must survive the SSH connection dropping under it: with SIGPIPE and SIGHUP
+    ignored, apt and dpkg finish instead of dying half-way through unpacking; the next
+    install waits for their lock (DPkg::Lock::Timeout) and first finishes whatever an
+    earlier dpkg left unconfigured (`dpkg --configure -a`)."""
+    return Run("trap '' HUP PIPE; dpkg --configure -a; "
+               f"apt-cache show {q(known)} >/dev/null 2>&1 || apt-get update -q; "
                "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
+               f"-o DPkg::Lock::Timeout={LOCK_WAIT} "
                "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "
                + " ".join(q(p) for p in packages), timeout=900,
                why="install " + ", ".join(packages), effect=effect)
+
+
+def leftover_hold(text: str | None) -> bool:
+    """A policy-rc.d of ours outside an install: an install was cut short before its
+    cleanup ran (the connection dropped, the host rebooted)."""
+    return text is not None and POLICY_MARK in text
 
 
 def installed_query(names) -> str:
@@ -77,18 +101,22 @@ class DebianPackages:
                     fresh=lambda host: {n: n in host.packages for n in names})
 
     async def install(self, stage) -> Plan:
-        installed = await facts.read_one(stage, self.packages())
+        installed, hold = await facts.read(stage, self.packages(), facts.file(POLICY_RC_D))
         wanted = [package for package, *others in map(self.PACKAGES.get, self.INSTALLS)
                   if not any(installed.get(p) for p in (package, *others))]
         have = ", ".join(sorted(p for p, ok in installed.items() if ok)) or "none of them"
         plan = Plan("install Postfix", found=f"installed: {have}")
         if not wanted:
+            if leftover_hold(hold):
+                plan.steps = [release_services()]
+                plan.found += f"; {POLICY_RC_D} left by an install that was cut short"
             return plan
         myhostname = stage.params.postfix.myhostname
         # "Internet Site" gives the fullest main.cf; nothing runs before the configure stage.
         preseed = ("postfix postfix/main_mailer_type select Internet Site\n"
                    f"postfix postfix/mailname string {myhostname}\n")
         plan.steps = [
+            wait_for_package_manager(),
             hold_services("no service may start before its configuration is ours"),
             Run("debconf-set-selections", input=preseed,
                 why="answer the package's questions ahead (no dialogs)"),

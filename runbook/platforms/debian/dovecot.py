@@ -10,11 +10,14 @@ from runbook.ops import facts
 from runbook.ops.facts import Fact
 from runbook.ops.operations import Plan, Run
 from runbook.platforms.debian.apt import (
+    POLICY_RC_D,
     apt_install,
     hold_services,
     installed_query,
+    leftover_hold,
     parse_dpkg_status,
     release_services,
+    wait_for_package_manager,
 )
 from runbook.platforms.profile import dovecot_detached
 
@@ -43,14 +46,19 @@ class DovecotOnDebian:
                     fresh=lambda host: "dovecot" in host.enabled)
 
     async def dovecot_install(self, stage, pop3: bool) -> Plan:
-        installed = await facts.read_one(stage, self.dovecot_packages())
+        installed, hold = await facts.read(stage, self.dovecot_packages(),
+                                           facts.file(POLICY_RC_D))
         roles = ["imap", "pop3"] if pop3 else ["imap"]
         wanted = [self.DOVECOT_PACKAGES[r] for r in roles if not installed.get(r)]
         have = [p for r, p in self.DOVECOT_PACKAGES.items() if installed.get(r)]
         plan = Plan("install Dovecot", found=f"installed: {', '.join(have) or 'none'}")
         if not wanted:
+            if leftover_hold(hold):
+                plan.steps = [release_services()]
+                plan.found += f"; {POLICY_RC_D} left by an install that was cut short"
             return plan
         plan.steps = [
+            wait_for_package_manager(),
             hold_services("Dovecot would start listening on every address before its "
                           "configuration is ours"),
             apt_install(wanted, known=wanted[0], effect=lambda host: host.packages.update(wanted)),
