@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     except RunbookError as e:
         print(f"runbook: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("runbook: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"runbook: {e or 'interrupted'}", file=sys.stderr)
         return 130
     finally:
         # What is alive now lives until exit: frozen, the interpreter's last collections

@@ -291,6 +291,11 @@ class Target:
             extra = {"timed_out": timeout, "killed": await self._kill(job, via)}
         except (OSError, asyncssh.Error) as exc:
             extra = {"error": str(exc)}
+        except asyncio.CancelledError:  # the cell was interrupted (Ctrl-C): end it for real
+            killed = await self._kill(job, via)
+            self._record(job.result(command, start, time.monotonic() - t0), via, quiet,
+                         interrupted=True, killed=killed)
+            raise
         result = job.result(command, start, time.monotonic() - t0)
         if live and result.duration > LONG:
             print(f"({result.duration:.1f} s)", flush=True)

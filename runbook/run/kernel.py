@@ -12,6 +12,11 @@ imports what the stage notebooks import before it answers (`PRELOAD`), with the 
 collector paused meanwhile, then serves as ipykernel does. It talks over Unix sockets in a
 private temp dir, not loopback TCP: nothing else on the machine can reach the kernel that
 holds the SSH session.
+
+The runner's client is a blocking one, and nbclient's watch for a dead kernel (a task that
+wakes every second) never runs while the loop sits in a blocking wait for the next message:
+`_watch` makes those waits check, every WATCH seconds, that the kernel process still lives,
+and raise KernelDied when it is gone (SIGKILLed, out of memory) instead of waiting for ever.
 """
 
 from __future__ import annotations
@@ -42,9 +47,14 @@ PRELOAD = ("runbook.run.stage", "runbook.platforms", "runbook.services.preflight
 # prompt; in a run it costs 2-3 ms a cell, and the executed notebooks are the record.
 KERNEL_ARGS = ("--HistoryManager.enabled=False",)
 READY_TIMEOUT = 60.0
+WATCH = 0.5  # s between checks that the kernel lives, while waiting for its messages
 MAX_CONNECT_TIMEOUT = 300.0  # the params model's bound (params.Target.connect_timeout)
 # Errors the kernel's connection or the lock may raise, rebuilt here by class name.
 CARRIED = (errors.TargetError, errors.TargetBusy)
+
+
+class KernelDied(errors.RunbookError):
+    """The run's kernel process ended while the runner waited for its messages."""
 
 
 class _Specs(KernelSpecManager):
@@ -80,6 +90,7 @@ class Kernel:
             client = self.km.client()  # one client for all stages (see engine.py)
             client.start_channels()
             self._answered(client)
+            _watch(self.km, client)
             self.km.shared_kc = client
         return self.km
 
@@ -154,14 +165,38 @@ class Kernel:
             self.sockets.cleanup()
 
 
+def _watch(km, client) -> None:
+    """The client's waits on its shell and IOPub channels end with KernelDied once the
+    kernel process is gone."""
+    for channel in (client.shell_channel, client.iopub_channel):
+        channel.get_msg = _watched(channel.get_msg, km)
+
+
+def _watched(get_msg, km):
+    def get(timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = WATCH if deadline is None else min(WATCH, deadline - time.monotonic())
+            try:
+                return get_msg(timeout=max(left, 0))
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+            if not km.is_alive():
+                raise KernelDied("its process ended")
+
+    return get
+
+
 def _reply(get, msg_id: str, timeout: float) -> dict | None:
     """The next message on a channel (`get`) sent in answer to `msg_id`, within `timeout`;
-    others (left over from earlier requests) are passed over."""
+    others (left over from earlier requests) are passed over. None also when the kernel
+    died (the caller says which)."""
     end = time.monotonic() + timeout
     while (left := end - time.monotonic()) > 0:
         try:
             msg = get(timeout=left)
-        except queue.Empty:
+        except (queue.Empty, KernelDied):
             return None
         if msg["parent_header"].get("msg_id") == msg_id:
             return msg

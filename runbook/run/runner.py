@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 
 import papermill
+from nbclient.exceptions import DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
 from runbook import params as params_model
@@ -36,6 +37,7 @@ from runbook.errors import RunbookError, verdict_of
 from runbook.run import engine
 from runbook.run import kernel as run_kernel
 from runbook.run import manifest as stage_manifest
+from runbook.run.interrupt import FirstInterruptToKernel, Interrupted, StopAtOnce
 from runbook.run.stage import PROJECT, run_name, unused_folder
 
 CELL_TIMEOUT = 1800  # s; remote commands carry their own, shorter timeouts
@@ -119,7 +121,7 @@ def run(
                         gate(stage.name)
                     _run_stage(stage, index, run_dir, parameters, opened.km, progress, pages)
                 state = "ok"
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # Interrupted (the stage undone first) or a second Ctrl-C
                 state = "interrupted"
                 raise
             finally:
@@ -190,7 +192,8 @@ def _opened(kernel, target_params, owner: str):
             kind = type(e)
             raise
         finally:
-            started.close_run(target_params, verdict_of(kind))
+            if kind is not StopAtOnce:  # the kernel, busy undoing, would not answer
+                started.close_run(target_params, verdict_of(kind))
 
 
 def _recover(opened, target_params, run_dir: Path, dry_run: bool, echo) -> None:
@@ -215,7 +218,29 @@ def _run_stage(stage, index, run_dir, parameters, km, progress, pages) -> None:
     output = run_dir / f"{stage.name}.ipynb"
     progress.start(index, stage.name)
     began = time.monotonic()
-    failure = None
+    with FirstInterruptToKernel(km, stage.name, progress.echo) as interrupts:
+        failure = _execute(stage, output, parameters, km)
+    seconds = round(time.monotonic() - began, 3)
+    counts = operation_counts(run_dir).get(stage.name, Counter())
+    status = "interrupted" if interrupts.asked else "failed" if failure else "ok"
+    _record_stage(run_dir, stage.name, status, seconds, counts, output)
+    if output.exists():
+        pages.add(output)
+    progress.done(index, stage.name, status, seconds, _counts(counts))
+    if interrupts.asked:
+        undone = "its edited files were restored (see the record)" if failure else \
+            "it had finished"
+        raise Interrupted(f"interrupted during stage {stage.name}; {undone}")
+    if isinstance(failure, DeadKernelError | run_kernel.KernelDied):
+        raise StageFailed(f"stage {stage.name}: the notebook kernel died ({failure}); what "
+                          "it was doing on the host was cut off — `runbook status` shows "
+                          "what it left, the next run completes it") from None
+    if failure:
+        raise StageFailed(_failure_message(stage.name, failure, output)) from None
+
+
+def _execute(stage, output, parameters, km) -> Exception | None:
+    """Execute one stage notebook; the error that stopped it, or None."""
     try:
         papermill.execute_notebook(
             str(stage.notebook), str(output), parameters=parameters, km=km,
@@ -226,17 +251,9 @@ def _run_stage(stage, index, run_dir, parameters, km, progress, pages) -> None:
             # costs more than a re-run's remote commands; audit.jsonl is the live record
             request_save_on_cell_execute=False,
         )
-    except PapermillExecutionError as e:
-        failure = e
-    seconds = round(time.monotonic() - began, 3)
-    counts = operation_counts(run_dir).get(stage.name, Counter())
-    status = "failed" if failure else "ok"
-    _record_stage(run_dir, stage.name, status, seconds, counts, output)
-    if output.exists():
-        pages.add(output)
-    progress.done(index, stage.name, status, seconds, _counts(counts))
-    if failure:
-        raise StageFailed(_failure_message(stage.name, failure, output)) from None
+    except (PapermillExecutionError, DeadKernelError, run_kernel.KernelDied) as e:
+        return e
+    return None
 
 
 def operation_counts(run_dir: Path) -> dict[str, Counter]:

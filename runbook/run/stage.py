@@ -7,6 +7,7 @@ carries what every operation needs; `end()` closes the stage with its summary.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ async def begin(
         raise RunbookError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     run_dir = Path(run_dir) if run_dir else PROJECT / "runs" / run_name(params.target.host)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _keep_loop_awake()
     audit = Audit(run_dir, stage=name)
     audit.record("stage", event="start", host=params.target.host, mode=mode, dry_run=dry_run)
     target = await connect(params.target, audit, name)
@@ -108,6 +110,23 @@ async def begin(
     stage.platform = await detect(stage)
     _note_target(run_dir, target, stage.platform)
     return stage
+
+
+_ticker: asyncio.Task | None = None
+
+
+def _keep_loop_awake() -> None:
+    """A task waking the kernel's event loop every 0.2 s, once per kernel: an interrupt
+    (Ctrl-C, the runner's interrupt_kernel) makes ipykernel cancel the running cell, but an
+    event loop idle in a long wait — a command with no output — would only notice at its
+    next wakeup, after the command's timeout. Cancelled, an operation undoes its changes."""
+    global _ticker
+    if _ticker is None or _ticker.done():
+        async def tick():
+            while True:
+                await asyncio.sleep(0.2)
+
+        _ticker = asyncio.get_running_loop().create_task(tick())
 
 
 def _note_target(run_dir: Path, target: Target, profile) -> None:
