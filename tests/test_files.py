@@ -252,6 +252,24 @@ def test_binary_content_is_written_and_restored_exactly(tmp_path, etc, backups):
     assert path.read_bytes() == BLOB
 
 
+def test_restore_leaves_a_file_already_equal_to_its_copy_alone(tmp_path, etc, backups):
+    """A write cut before its rename changed nothing: the restore copies nothing (on a full
+    disk it could not) and leaves no temp file."""
+    main = etc / "main.cf"
+    make(main, OLD)
+
+    async def steps(t):
+        await write_file(t, str(main), NEW, run_id="r1")
+        make(main, OLD)  # as if the rename had never happened
+        inode = main.stat().st_ino
+        await restore_file(t, str(main), run_id="r1")
+        return inode
+
+    inode, _ = go(tmp_path, steps)
+    assert main.read_bytes() == OLD and main.stat().st_ino == inode
+    assert sorted(p.name for p in etc.iterdir()) == ["main.cf"]
+
+
 def test_restore_baseline_goes_back_to_before_the_first_run(tmp_path, etc, backups):
     main, new = etc / "main.cf", etc / "new.cf"
     make(main, OLD)

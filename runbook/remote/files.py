@@ -225,15 +225,19 @@ def _diff(path: str, before: bytes | None, after: bytes) -> str:
 
 # Puts back every MANIFEST entry of a backup folder (or only $ONLY): the saved copy via a
 # temp file and rename, or removes a path that was absent; prints "path<TAB>name" for each.
+# A path already equal to its copy is left alone (a write cut before its rename changed
+# nothing, and on a full disk the copy could not even be made); a failed copy leaves no
+# temp file behind.
 RESTORE_SCRIPT = """set -e
-R={folder}; ONLY={only}; TAB=$(printf '\\t')
+R={folder}; ONLY={only}; TAB=$(printf '\\t'); T=
+trap '[ -z "$T" ] || rm -f -- "$T"' EXIT
 [ -f "$R/MANIFEST" ] || exit 0
 while IFS="$TAB" read -r p sum name mode owner; do
   [ -z "$ONLY" ] || [ "$p" = "$ONLY" ] || continue
   if [ "$name" = - ]; then rm -f -- "$p"
-  else
+  elif ! cmp -s "$R/$name" "$p"; then
     T=$(mktemp "$(dirname -- "$p")/.mail-runbook.XXXXXX")
-    cp -p "$R/$name" "$T"; mv -f "$T" "$p"
+    cp -p "$R/$name" "$T"; mv -f "$T" "$p"; T=
   fi
   printf '%s\\t%s\\n' "$p" "$name"
 done < "$R/MANIFEST"
