@@ -238,3 +238,25 @@ SettingName = Annotated[str, Field(pattern=whole(_SETTING.pattern))]
 RemotePath = Annotated[Path, AfterValidator(_absolute_path)]
 LocalPath = Annotated[Path, AfterValidator(_local_path)]
 Release = Annotated[str | None, BeforeValidator(_release)]
+
+
+def unsupported_release(name: str, release: str) -> str | None:
+    """Why the runbook has no profile for this system's release, or None: one rule for the
+    parameter model (said before any connection) and the profiles (what a host says it is)."""
+    if name == "debian":
+        if release.split(".")[0] in ("12", "13"):
+            return None
+        return (f"Debian {release} is not supported yet: the runbook knows Debian 12 "
+                "(bookworm) and 13 (trixie)")
+    if name == "openbsd":
+        try:
+            version = tuple(int(x) for x in release.split(".")[:2])
+        except ValueError:
+            version = ()
+        if len(version) != 2:
+            return f"OpenBSD {release!r}: not a release number such as 5.0 or 7.6"
+        if version < (5, 0):
+            return (f"OpenBSD {release} is not supported: the runbook knows OpenBSD 5.0 "
+                    "(the guide's) and later")
+        return None
+    return None  # a system the runbook does not know is refused by its name

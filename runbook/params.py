@@ -43,6 +43,7 @@ from runbook.grammar import (
     SettingValue,
     UserName,
     one_or_many,
+    unsupported_release,
     whole,
 )
 
@@ -156,8 +157,11 @@ class Platform(Section):
         """A named system and release must be one the runbook has a profile for: said here,
         before any connection, rather than in preflight."""
         name = info.data.get("name")
-        if release is None or name in (None, "auto"):
-            return release
+        if release is not None and name not in (None, "auto"):
+            problem = unsupported_release(name, release)
+            if problem:
+                raise ValueError(problem)
+        return release
         from runbook.platforms.choice import choose  # the profiles are pure: no connection
         from runbook.platforms.profile import UnsupportedPlatform
 

@@ -99,7 +99,7 @@ MAY_IMPORT = {
     "signing": {"errors", "audit"},
     "remote": {"errors", "audit"},
     "ops": {"errors", "audit", "remote"},
-    "platforms": {"errors", "ops"},
+    "platforms": {"errors", "grammar", "ops"},
     "services": {"errors", "params", "audit", "remote", "ops"},
     "run": {"errors", "params", "inventory", "audit", "signing", "remote", "ops", "platforms"},
     "interactive": {"errors", "params", "audit", "run"},

@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import sys
 import time
 import types
@@ -144,7 +145,9 @@ def test_a_long_command_shows_its_elapsed_time(tmp_path, capsys, monkeypatch):
             await t.run("true")
 
     asyncio.run(body())
-    assert capsys.readouterr().out.splitlines() == ["(0.3 s)"]
+    lines = capsys.readouterr().out.splitlines()  # one line, for the long command only
+    assert len(lines) == 1 and re.fullmatch(r"\((\d+\.\d) s\)", lines[0]), lines
+    assert float(lines[0][1:-3]) >= 0.3  # a loaded machine may take longer, never less
 
 
 def test_exit_status_and_command_failed(tmp_path):

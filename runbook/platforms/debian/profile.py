@@ -21,6 +21,7 @@ import re
 from shlex import quote as q
 from typing import ClassVar
 
+from runbook.grammar import unsupported_release
 from runbook.ops import facts
 from runbook.ops.facts import Fact
 from runbook.ops.operations import OperationFailed, Plan
@@ -100,11 +101,10 @@ class Debian13(JournalLogging, Debian):
 
 
 def debian(release: str) -> Profile:
+    problem = unsupported_release("debian", release)
+    if problem:
+        raise UnsupportedPlatform(problem)
     major = release.split(".")[0]
-    if major not in ("12", "13"):
-        raise UnsupportedPlatform(
-            f"Debian {release} is not supported yet: the runbook knows Debian 12 (bookworm) "
-            "and 13 (trixie)")
     journal = major == "13"
     return (Debian13 if journal else Debian)(
         name="debian", release=major, label=f"Debian {major}", sbin="/usr/sbin",

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from runbook.grammar import unsupported_release
 from runbook.platforms.openbsd.common import OpenBSD
 from runbook.platforms.openbsd.dovecot import DovecotOnOpenBSD
 from runbook.platforms.openbsd.rcconf import OpenBSDRcConf
@@ -16,15 +17,10 @@ __all__ = ["DovecotOnOpenBSD", "OpenBSD", "OpenBSDRcConf", "OpenBSDRcctl",
 
 
 def openbsd(release: str) -> Profile:
-    try:
-        major, minor = (int(x) for x in release.split(".")[:2])
-    except ValueError:
-        raise UnsupportedPlatform(f"OpenBSD {release!r}: not a release number such as 5.0 "
-                                  "or 7.6") from None
-    version = (major, minor)
-    if version < (5, 0):
-        raise UnsupportedPlatform(f"OpenBSD {release} is not supported: the runbook knows "
-                                  "OpenBSD 5.0 (the guide's) and later")
+    problem = unsupported_release("openbsd", release)
+    if problem:
+        raise UnsupportedPlatform(problem)
+    version = tuple(int(x) for x in release.split(".")[:2])
     common = dict(
         name="openbsd", release=release, label=f"OpenBSD {release}", sbin="/usr/local/sbin",
         mail_log="/var/log/maillog", crontab_file="/var/cron/tabs/root",
