@@ -8,10 +8,12 @@ operations, file writes with diffs and probe transcripts, and the stage notebook
 source notebooks standing in for executed ones); `--like RUN` copies a real run folder
 instead. No host is contacted. Times, median of the repeats:
 
-- the fleet report when every host's own report is there (what a fleet run leaves: each
-  host's `runbook run` wrote its report when it ended),
-- the fleet report from cold (every host's report and notebook pages made as well),
-- one run's report with its notebook pages, from cold (`runbook report RUN`).
+- the fleet report as a fleet run leaves the folder (each host's `runbook run` wrote its
+  report page when it ended, no stage pages),
+- the fleet report from cold (every host's report made as well), and once more with all of
+  them there; and from cold with every host's stage pages made too,
+- one run's report with its notebook pages, from cold (`runbook report RUN`);
+- and the first of these as a whole `runbook report FLEET` process.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -91,6 +95,12 @@ def make_fleet(root: Path, hosts: int, like: Path | None) -> Path:
     return fleet
 
 
+def stale_fleet(fleet: Path) -> None:
+    """The fleet's own report gone, its hosts' reports kept."""
+    for name in ("report.html", "report.json"):
+        (fleet / name).unlink(missing_ok=True)
+
+
 def clear_reports(root: Path) -> None:
     for page in [*root.glob("*/*.html"), *root.glob("*/report.json")]:
         page.unlink()
@@ -113,11 +123,21 @@ def main() -> None:
         fleet = make_fleet(root, args.hosts, args.like)
         one = next(root.glob("*-mx01.example.org"))
         first = timed(lambda: report.write(one))  # nbconvert's import and templates, once
-        cold, warm, single = [], [], []
+        left, process, cold, warm, pages, single = [], [], [], [], [], []
         for _ in range(args.repeat):
+            clear_reports(root)
+            for run in root.glob("*-mx*"):  # what each host's `runbook run` wrote at its end
+                report.write(run, notebooks=False)
+            left.append(timed(lambda: report.write(fleet)))
+            stale_fleet(fleet)
+            process.append(timed(lambda: subprocess.run(
+                [sys.executable, "-m", "runbook.cli", "report", str(fleet)], check=True,
+                stdout=subprocess.DEVNULL)))
             clear_reports(root)
             cold.append(timed(lambda: report.write(fleet)))
             warm.append(timed(lambda: report.write(fleet)))
+            clear_reports(root)
+            pages.append(timed(lambda: report.write(fleet, notebooks=True)))
             (one / "report.html").unlink()
             for page in one.glob("*.html"):
                 page.unlink()
@@ -127,9 +147,15 @@ def main() -> None:
     print(f"{args.hosts} hosts, {commands} audit records in all; fleet report.html "
           f"{size / 1e6:.1f} MB")
     print("| report | median | spread |\n|---|---|---|")
-    for label, times in ((f"fleet of {args.hosts}, host reports present", warm),
-                         (f"fleet of {args.hosts}, cold (every host report and notebook "
-                          "page made too)", cold),
+    for label, times in ((f"fleet of {args.hosts}, as a fleet run leaves it (each host's "
+                          "report page written by its run, no stage pages)", left),
+                         ("the same as a `runbook report FLEET` process (its start and "
+                          "imports included)", process),
+                         (f"fleet of {args.hosts}, cold (every host's report made too, as "
+                          "for runs made before reports)", cold),
+                         (f"fleet of {args.hosts}, again (every host's report there)", warm),
+                         (f"fleet of {args.hosts}, cold, every host's stage pages made too "
+                          "(`report.write(fleet, notebooks=True)`)", pages),
                          ("one run, with its 8 notebook pages", single)):
         print(f"| {label} | {statistics.median(times):.2f} s | "
               f"{min(times):.2f}–{max(times):.2f} s |")

@@ -4,6 +4,7 @@ real audit module (tests/reportfakes.py); the lab's real runs are in test_report
 from __future__ import annotations
 
 import json
+import os
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -178,6 +179,22 @@ def test_stage_notebooks_are_rendered_beside_the_report_without_network(tmp_path
     assert '<a href="report.html">' in page
 
 
+
+def test_report_page_only_links_the_notebook_until_its_page_is_made(tmp_path):
+    """What `runbook run` writes: no stage page rendered; a page made later is linked, one
+    older than its notebook is not."""
+    folder = run_folder(tmp_path)
+    nbformat.write(nbformat.v4.new_notebook(), folder / "30-configure.ipynb")
+    report.write(folder, notebooks=False)
+    assert not (folder / "30-configure.html").exists()
+    assert '<a href="30-configure.ipynb">30-configure.ipynb</a>' in html(folder)
+    report.write(folder)  # runbook report: the pages made
+    report.write(folder, notebooks=False)
+    assert '<a href="30-configure.html">' in html(folder)
+    os.utime(folder / "30-configure.html", (1, 1))
+    report.write(folder, notebooks=False)
+    assert '<a href="30-configure.html">' not in html(folder)
+
 # --- fleets ----------------------------------------------------------------------------------
 
 def fleet_json(fleet: Path, runs: list[Path]) -> None:
@@ -349,7 +366,7 @@ def test_a_signed_runs_changed_notebook_is_named(tmp_path):
 def test_runner_never_lets_a_report_error_hide_the_run(tmp_path, monkeypatch):
     said = []
 
-    def broken(folder):
+    def broken(folder, **options):
         raise ValueError("no room")
 
     monkeypatch.setattr(report, "write", broken)

@@ -149,6 +149,11 @@ def test_report_of_a_real_run_shows_stages_timeline_and_diffs_offline(browser, h
     assert any("S: 220" in t for t in transcripts) and any("LOGIN" in t for t in transcripts)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "report-run.png"), full_page=True)
+    # the run wrote the report page only: each stage links its notebook until runbook report
+    assert page.locator("table.stages a[href='40-start.ipynb']").count() == 1
+    assert not list(full_run.glob("*-*.html"))
+    assert cli.main(["report", str(full_run)]) == 0
+    page = view.open(full_run / "report.html")
     page.click("table.stages a[href='40-start.html']")
     assert page.url.endswith("/40-start.html")
     assert "postfix check" in page.locator("main").inner_text()

@@ -102,8 +102,7 @@ def run(
         run_dir = latest_run(runs_root, host)
     run_dir = run_dir or unused_folder(runs_root / run_name(host))
     progress = progress or Progress(len(selected), echo)
-    # Started now, it loads nbconvert at low priority while the kernel connects.
-    pages, began = _page_maker(echo), False
+    began = False
     try:
         # The lock first: an unreachable host or a refused key leaves no run folder.
         with _opened(kernel, params.target, run_dir.name) as opened:
@@ -119,7 +118,7 @@ def run(
                 for index, stage in enumerate(selected, 1):
                     if gate:
                         gate(stage.name)
-                    _run_stage(stage, index, run_dir, parameters, opened.km, progress, pages)
+                    _run_stage(stage, index, run_dir, parameters, opened.km, progress)
                 state = "ok"
             except KeyboardInterrupt:  # Interrupted (the stage undone first) or a second Ctrl-C
                 state = "interrupted"
@@ -128,50 +127,21 @@ def run(
                 update_run_json(run_dir, end=_now(), state=state)
                 _seal(run_dir, sign_key, anchor, state != "ok", echo)
     finally:
-        # after a failure too (that is when the report is read most), once a run began
-        if not began:
-            pages.cancel()
-        elif pages.finish(run_dir):  # written by the page maker, its modules loaded
-            echo(f"report: {run_dir / 'report.html'}", flush=True)
-        else:
+        if began:  # after a failure too: that is when the report is read most
             write_report(run_dir, echo)
     return run_dir
 
 
-class _NoPages:
-    """Stands in for the page maker when it cannot start: the report makes the pages."""
-
-    def add(self, notebook: Path) -> None:
-        pass
-
-    def finish(self, run_dir: Path) -> bool:
-        return False
-
-    def cancel(self) -> None:
-        pass
-
-
-def _page_maker(echo):
-    """The process making the stage pages while the run goes on (report.notebooks)."""
-    try:
-        # report/ sits above run/ (it reads what runs leave): imported here, for this run
-        from runbook.report.notebooks import PageMaker
-
-        return PageMaker()
-    except Exception as e:  # the report at the end makes the pages itself
-        echo(f"the stage pages are made at the end: {type(e).__name__}: {e}", flush=True)
-        return _NoPages()
-
-
 def write_report(run_dir: Path, echo=print) -> None:
-    """report.html beside the record (after sealing: it shows the verified record). A report
-    that cannot be made is said, never raised: the run's own result (and its exception)
-    stands."""
+    """report.html and report.json beside the record (after sealing: they show the verified
+    record). The report page only: the stage pages (nbconvert) would add about half a second
+    to every run, so `runbook report RUN` makes them when someone wants them. A report that
+    cannot be made is said, never raised: the run's own result (and its exception) stands."""
     try:
         # report/ sits above run/ (it reads what runs leave): imported here, at the end
         from runbook import report
 
-        report.write(run_dir)
+        report.write(run_dir, notebooks=False)
     except Exception as e:
         echo(f"the run report was not written: {type(e).__name__}: {e}", flush=True)
     else:
@@ -214,7 +184,7 @@ def _seal(run_dir, sign_key, anchor, failed: bool, echo) -> None:
         echo(f"runbook: the record could not be sealed: {e}", flush=True)
 
 
-def _run_stage(stage, index, run_dir, parameters, km, progress, pages) -> None:
+def _run_stage(stage, index, run_dir, parameters, km, progress) -> None:
     output = run_dir / f"{stage.name}.ipynb"
     progress.start(index, stage.name)
     began = time.monotonic()
@@ -224,8 +194,6 @@ def _run_stage(stage, index, run_dir, parameters, km, progress, pages) -> None:
     counts = operation_counts(run_dir).get(stage.name, Counter())
     status = "interrupted" if interrupts.asked else "failed" if failure else "ok"
     _record_stage(run_dir, stage.name, status, seconds, counts, output)
-    if output.exists():
-        pages.add(output)
     progress.done(index, stage.name, status, seconds, _counts(counts))
     if interrupts.asked:
         undone = "its edited files were restored (see the record)" if failure else \
