@@ -36,7 +36,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-quic"]
 DEFAULT = [s.name for s in manifest.MANIFEST if s.default]
 HOST = "deb3"  # this module's own lab host
-GONE = "gone"  # the fleet's second host: deb3's address on a port nothing listens on
+# The fleet's second host: nothing listens there. Not deb3's address on another port: two
+# hosts of one address started in the same second pick the same run folder name, and the
+# unreachable one's fleet.json entry then names deb3's run (see the fleet's child.run).
+GONE = "gone"
+GONE_TARGET = {"host": "127.0.0.1", "port": 1}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,7 @@ def runs(tmp_path_factory) -> Path:
 def fleet(host, runs) -> Path:
     """The fleet folder of a real fleet run: deb3's default run, and a host unreachable."""
     params = yaml.safe_load(Path(host["params_file"]).read_text())
-    gone = inventory.merge(params, {"target": {"port": 1}})
+    gone = inventory.merge(params, {"target": GONE_TARGET})
     path = runs / "fleet.yaml"
     path.write_text(yaml.safe_dump({"shared": {}, "hosts": [
         {"name": HOST, **params}, {"name": GONE, **gone}]}))
@@ -155,6 +159,7 @@ def test_report_of_a_real_run_shows_stages_timeline_and_diffs_offline(browser, h
     assert cli.main(["report", str(full_run)]) == 0
     page = view.open(full_run / "report.html")
     page.click("table.stages a[href='40-start.html']")
+    page.wait_for_load_state()
     assert page.url.endswith("/40-start.html")
     assert "postfix check" in page.locator("main").inner_text()
     assert view.outside == [], view.outside
@@ -196,6 +201,8 @@ def test_one_changed_byte_in_the_record_is_named_in_the_report(browser, full_run
 
 def test_fleet_of_real_runs_gives_the_hosts_by_stages_matrix(browser, fleet, full_run,
                                                              failed_run, tmp_path):
+    gone = next(h for h in record.read(fleet)["hosts"] if h["name"] == GONE)
+    assert gone["status"] == "unreachable" and gone["run_dir"] is None, gone
     assert cli.main(["report", str(fleet)]) == 0
     view = Offline(browser, fleet.parent)
     page = view.open(fleet / "report.html")
@@ -208,8 +215,11 @@ def test_fleet_of_real_runs_gives_the_hosts_by_stages_matrix(browser, fleet, ful
     gone_row = page.locator(f"table.matrix tr[data-host='{GONE}']").inner_text()
     assert "Connect call failed" in gone_row  # the reason, beside the row
     page.click(f"table.matrix a:has-text('{HOST}')")  # the host's own report, one click away
+    page.wait_for_load_state()
     assert page.url.endswith(f"/{full_run.name}/report.html")
-    assert page.locator("table.stages tbody tr").count() == len(DEFAULT)
+    from playwright.sync_api import expect  # as the browser fixture: imported when it runs
+
+    expect(page.locator("table.stages tbody tr")).to_have_count(len(DEFAULT))
     assert view.outside == [], view.outside
     view.close()
     # and two runs of deb3 given together, without a fleet.json
