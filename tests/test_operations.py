@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from stagefakes import Stage, install_files
 
+from runbook.audit import Audit
 from runbook.errors import CommandFailed
 from runbook.ops import facts, operations
 from runbook.ops.edits import (
@@ -314,6 +315,22 @@ def test_start_postfix_starts_reloads_or_leaves_it(monkeypatch):
             assert "> /var/lib/mail-runbook/postfix-loaded" in stage.commands[0]
         else:
             assert outcome.status == "ok" and stage.commands == []
+
+
+def test_start_postfix_reloads_after_this_run_rewrote_main_cf(monkeypatch, tmp_path):
+    """Edited by hand and reloaded by hand, main.cf put right again by this run matches the
+    stamp; the master still runs the edit, so the run reloads."""
+    install_files(monkeypatch)
+    stage = Stage({"master pid": 812, "configuration changed since the master read it": False})
+    stage.run_dir = tmp_path
+    Audit(tmp_path, display=False).record("file_write", stage="30-configure",
+                                          path="/etc/postfix/main.cf")
+    outcome = run(postfix.start_postfix(stage))
+    assert outcome.status == "changed" and "postfix reload" in stage.commands[0]
+    other = Stage({"master pid": 812, "configuration changed since the master read it": False})
+    other.run_dir = tmp_path / "other"
+    Audit(other.run_dir, display=False).record("file_write", path="/etc/aliases")
+    assert run(postfix.start_postfix(other)).status == "ok" and other.commands == []
 
 
 def test_check_failure_restores_the_whole_run(monkeypatch):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from shlex import quote as q
 
 from runbook.ops import facts
@@ -77,7 +79,8 @@ stop_previous_mta = platform_step(
 async def start_postfix(stage) -> Plan:
     profile = stage.platform
     pid, stale = await facts.read(stage, master_pid(stage), _stale(stage))
-    files = " ".join(q(f"{profile.config_dir}/{f}") for f in ("main.cf", "master.cf"))
+    paths = [f"{profile.config_dir}/{f}" for f in ("main.cf", "master.cf")]
+    files = " ".join(map(q, paths))
     stamp = (f"mkdir -p {q(profile.state_dir)} && cksum {files} > {q(profile.loaded_stamp)}")
     plan = Plan("G16 start Postfix")
     if pid is None:
@@ -85,14 +88,28 @@ async def start_postfix(stage) -> Plan:
         plan.found = "Postfix is not running"
         plan.steps = [Run(f"{start.command} && {stamp}", why=start.why, effect=start.effect)]
         plan.undo = [Run(f"{q(profile.postfix)} stop", why="it was not running before")]
-    elif stale:
-        plan.found = f"master {pid} runs, but main.cf or master.cf changed since it read them"
+    elif stale or _written_this_run(stage, paths):
+        plan.found = (f"master {pid} runs, but main.cf or master.cf changed since it read them"
+                      if stale else f"master {pid} runs; this run rewrote main.cf or master.cf")
         plan.steps = [Run(f"{q(profile.postfix)} reload && {stamp}",
                           why="the master re-reads main.cf and master.cf")]
         plan.undo = [Run(f"{q(profile.postfix)} reload", why="back onto the restored files")]
     else:
         plan.found = f"master {pid} runs the current configuration"
     return plan
+
+
+def _written_this_run(stage, paths: list[str]) -> bool:
+    """Whether this run rewrote main.cf or master.cf. The master may have read what the run
+    put right — an edit made by hand, then `postfix reload` by hand — though the file now
+    matches the stamp again: so a run that rewrote them reloads."""
+    record = Path(stage.run_dir) / "audit.jsonl"
+    if stage.dry_run or not record.exists():
+        return False
+    for line in record.read_text().splitlines():
+        if '"file_write"' in line and json.loads(line).get("path") in paths:
+            return True
+    return False
 
 
 def _stale(stage) -> Fact:
