@@ -90,7 +90,9 @@ def run(job: dict, events: Events) -> dict:
     runs_root = Path(job["runs_root"])
     run_dir = Path(job["run_dir"]) if job.get("run_dir") else None
     try:
-        host = params_model.load(params_file).target.host
+        # the folder is named for the inventory's host name, unique in the fleet: two hosts
+        # at one address (ports, a bastion) starting in the same second share no folder
+        host = job.get("name") or params_model.load(params_file).target.host
         if run_dir is None:
             run_dir = (runner.latest_run(runs_root, host) if job.get("start")
                        else unused_folder(runs_root / run_name(host)))
