@@ -31,6 +31,7 @@ from runbook.remote.target import Target, q
 LOCK_DIR = "/var/run/mail-runbook.lock"
 JOURNAL = "JOURNAL"  # in files.BACKUP_ROOT
 BUSY = 75  # EX_TEMPFAIL
+SETTLE = 2.0  # seconds a lock being taken or let go (no owner yet, or no more) is waited out
 VERDICTS = ("ok", "failed", "interrupted")
 
 _HOLD = """\
@@ -73,13 +74,17 @@ async def hold(target: Target, owner: str, *, again: bool = False) -> Held:
     shell may still be letting go (busy, with this very owner) for a moment."""
     timeout = target.destination.target.connect_timeout
     loop = asyncio.get_running_loop()
-    patience = loop.time() + (timeout if again else 0)
+    started = loop.time()
     while True:
         process, first = await _try(target, owner, timeout)
         if first == "locked":
             return Held(process)
         process.close()
-        if first != f"busy: {owner}" or loop.time() > patience:
+        # No owner named: another shell is taking or letting go of the lock this very
+        # moment (between its mkdir and its owner file, or in its rm -rf); ask again.
+        settling = first == "busy: " and loop.time() - started < SETTLE
+        ours = again and first == f"busy: {owner}" and loop.time() - started < (timeout or 10)
+        if not (settling or ours):
             break
         await asyncio.sleep(0.1)
     host = target.params.host
