@@ -108,10 +108,13 @@ class InFlight:
     def _sample(self):
         while not self.done.wait(0.3):
             procs = {p: _cmdline(p) for p in os.listdir("/proc") if p.isdigit()}
-            servers = [p for p, c in procs.items() if "multiprocessing.forkserver" in c]
-            children = [p for p in procs if _parent(p) in servers]  # the hosts' processes
-            kernels = [p for p, c in procs.items()
-                       if "ipykernel_launcher" in c and _parent(p) in children]
+            forked = {p for p, c in procs.items() if "multiprocessing.forkserver" in c}
+            servers = [p for p in forked if _parent(p) not in forked]  # its forks look alike
+            # the hosts' processes (forked by the server; a zombie has no memory left)
+            children = [p for p in procs if _parent(p) in servers and _pss(p)]
+            kernels = [p for p, c in procs.items()  # the run's kernel: run/kernel.py
+                       if ("runbook.run.kernel" in c or "ipykernel_launcher" in c)
+                       and _parent(p) in children]
             child_mb, kernel_mb = (sum(_pss(p) for p in children),
                                    sum(_pss(p) for p in kernels))
             if child_mb + kernel_mb > self.peak[1] + self.peak[2]:
