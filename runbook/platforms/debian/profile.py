@@ -25,7 +25,7 @@ from runbook.grammar import unsupported_release
 from runbook.ops import facts
 from runbook.ops.facts import Fact
 from runbook.ops.operations import OperationFailed, Plan
-from runbook.platforms.debian.apt import DebianPackages
+from runbook.platforms.debian.apt import POLICY_RC_D, DebianPackages
 from runbook.platforms.debian.dovecot import DovecotOnDebian
 from runbook.platforms.debian.journal import JOURNAL_MAIL_LOG, JournalLogging
 from runbook.platforms.debian.rsyslog import DebianLogging
@@ -63,10 +63,12 @@ class Debian(DovecotOnDebian, DebianLogging, DebianServices, DebianPackages, Pro
 
     def prefetch(self, stage_name: str) -> list[Fact]:
         return {
-            "10-install": [self.packages()],
+            # a policy-rc.d left by a cut-off install is looked for with the packages
+            "10-install": [self.packages(), facts.file(POLICY_RC_D)],
             "20-enable": [self.sendmail_owner(), self.boot_services(), self.packages(),
                           self.rsyslog_conf(), self.running_services(), self.log_socket()],
             "40-start": [self.running_services(), self.listeners()],
+            "70-dovecot": [facts.file(POLICY_RC_D)],
             "95-rollback": [self.boot_services(), self.previous_mta_marker()],
         }.get(stage_name, [])
 

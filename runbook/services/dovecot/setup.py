@@ -289,7 +289,7 @@ def _prefetch(stage) -> list[Fact]:
         return []
     profile = stage.platform
     found = [delivery_fact(stage), conf_fact(stage), master_fact(stage), profile.listeners(),
-             doveconf(stage), read_back(stage)]
+             doveconf(stage), read_back(stage), *profile.prefetch("70-dovecot")]
     with contextlib.suppress(Exception):  # a platform without Dovecot, a half-given
         found += [profile.dovecot_packages(), profile.dovecot_boot()]  # certificate:
     with contextlib.suppress(Exception):  # the operation that needs it says so
