@@ -102,6 +102,15 @@ def run(
         run_dir = latest_run(runs_root, host)
     run_dir = run_dir or unused_folder(runs_root / run_name(host))
     progress = progress or Progress(len(selected), echo)
+    if gate and selected:
+        # Asked before anything opens: a fleet stopped before this host's first stage leaves
+        # no connection and no run folder (as an unreachable host), never an empty record.
+        try:
+            gate(selected[0].name)
+        except BaseException:
+            if kernel is not None:
+                kernel.stop()
+            raise
     began = False
     try:
         # The lock first: an unreachable host or a refused key leaves no run folder.
@@ -116,7 +125,7 @@ def run(
             state = "failed"
             try:
                 for index, stage in enumerate(selected, 1):
-                    if gate:
+                    if gate and index > 1:
                         gate(stage.name)
                     _run_stage(stage, index, run_dir, parameters, opened.km, progress)
                 state = "ok"
