@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,62 @@ def test_bad_params_are_refused_naming_the_field_and_the_early_kernel_is_gone(tm
     assert list(private.iterdir()) == [], "its private folder was left behind"
 
 
+SEEDED = """
+import json, os, sys, threading
+import runbook.run.seed
+from runbook.run import kernel
+if sys.argv[1] == "thread":
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+started = kernel.Kernel()
+km = started.ready()
+kc = km.shared_kc
+kc.execute("import os; print(os.getpid(), os.getppid())")
+while (msg := kc.get_iopub_msg(timeout=10))["msg_type"] != "stream":
+    pass
+pid, ppid = map(int, msg["content"]["text"].split())
+print(json.dumps({"provisioner": type(km.provisioner).__name__, "pid": pid, "ppid": ppid,
+                  "me": os.getpid()}), flush=True)
+if sys.argv[1] == "die":
+    os._exit(0)  # no stop: the kernel must notice its parent is gone
+started.stop()
+print(json.dumps({"after_stop": os.path.exists(f"/proc/{pid}")}), flush=True)
+"""
+
+
+def seeded(how: str) -> list[dict]:
+    out = subprocess.run([sys.executable, "-c", SEEDED, how], capture_output=True, text=True,
+                         cwd=PROJECT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_process_with_the_kernel_loaded_forks_its_kernel_as_its_own_child():
+    started, stopped = seeded("stop")
+    assert started["provisioner"] == "SeedProvisioner"
+    assert started["ppid"] == started["me"] != started["pid"]
+    assert stopped == {"after_stop": False}, "stop() reaps the forked kernel"
+
+
+def test_a_forked_kernel_ends_when_the_process_that_forked_it_dies():
+    started, = seeded("die")
+    assert gone_within(started["pid"], 5), "the kernel outlived its runner"
+
+
+def test_a_process_with_threads_starts_its_kernel_afresh():
+    started, stopped = seeded("thread")
+    assert started["provisioner"] == "LocalProvisioner"
+    assert stopped == {"after_stop": False}
+
+
 @pytest.fixture(scope="module")
 def host() -> dict:
     if os.geteuid() != 0:
@@ -94,3 +151,15 @@ def test_one_connection_serves_the_lock_and_every_stage(host, tmp_path):
     journal = ssh(host, "tail -n 2 /var/backups/mail-runbook/JOURNAL")
     assert re.search(rf"\t{re.escape(run_dir.name)}\tstart\n.*\t{re.escape(run_dir.name)}"
                      r"\tend ok$", journal.strip(), re.S), journal
+
+
+def test_the_fleets_fork_server_preload_loads_the_kernel_and_the_runs_caches():
+    """A preload module that fails to import is passed over by multiprocessing in silence:
+    this is the check that it loads (fleet/preload.py, job.py)."""
+    check = ("import sys, runbook.fleet.preload, nbformat.validator as v, "
+             "runbook.report.render as r; "
+             "print('runbook.run.seed' in sys.modules, 'ipykernel.kernelapp' in sys.modules, "
+             "len(v.validators) >= 1, len(r.environment().cache) >= 2)")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         cwd=PROJECT, timeout=60)
+    assert out.stdout.split() == ["True"] * 4, out.stderr

@@ -32,8 +32,8 @@ from runbook.run import manifest
 from runbook.run.stage import PROJECT, run_name, unused_folder
 
 # Hosts in flight by default. Each costs a process and a kernel on this machine (about
-# 150 MB, docs/fleet.md) and mostly waits on its host; 10 keeps a 2-core machine busy on a
-# re-run without queueing kernel starts, and two connections a host stay within the cap.
+# 60 MB, docs/fleet.md) and mostly waits on its host; 10 keeps a 2-core machine busy on a
+# re-run without queueing kernel starts, and the SSH handshakes stay within the cap below.
 DEFAULT_FORKS = 10
 # SSH handshakes under way at once, fleet-wide: below sshd's MaxStartups (drops from 10).
 SSH_SLOTS = 8

@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# Hosts' processes fork from a server that has imported the runner, papermill and the rest
-# once: an import of them costs ~1 s of CPU, per host and on every re-run, more than the
-# host's own work on a small machine. (Forked from that server, not from here: this process
-# has threads.)
+# Hosts' processes fork from a server that has loaded the runner, papermill, a kernel's
+# modules and the rest once (fleet/preload.py): loading them costs ~1.5 s of CPU, per host
+# and on every re-run, more than the host's own work on a small machine. (Forked from that
+# server, not from here: this process has threads.)
 _FORKS = multiprocessing.get_context("forkserver")
-_FORKS.set_forkserver_preload(["runbook.fleet.child"])
+_FORKS.set_forkserver_preload(["runbook.fleet.preload"])
 
 
 class HostProcess:

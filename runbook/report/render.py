@@ -54,6 +54,13 @@ def environment() -> jinja2.Environment:
     return env
 
 
+def preload() -> None:
+    """Compile the report's templates now (a process that forks runs does it once)."""
+    env = environment()
+    for name in ("run.html.j2", "fleet.html.j2"):
+        env.get_template(name)
+
+
 def page(template: str, **context) -> str:
     """A page from `template`; values given as `safe_*` keys (SVG, navigation) are inserted
     as they are, under their name without the prefix; everything else is escaped."""

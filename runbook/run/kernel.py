@@ -31,6 +31,7 @@ import signal
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
@@ -76,6 +77,7 @@ class Kernel:
                                 connection_file=os.path.join(self.sockets.name, "kernel.json"),
                                 kernel_spec_manager=_Specs())
         self.km.shared_kc = None
+        self.seed = _seed(self.km)
         self.km.start_kernel(cwd=str(PROJECT))
 
     def __enter__(self) -> Kernel:
@@ -162,6 +164,8 @@ class Kernel:
                     process.wait(timeout=5)
             km.shutdown_kernel(now=True)  # nothing left to wait for: it cleans up
         finally:
+            if self.seed is not None:
+                self.seed.discard()
             self.sockets.cleanup()
 
 
@@ -276,23 +280,47 @@ async def close_run(target: dict, verdict: str) -> None:
     await stage.release_lock(params.Target.model_validate(target), verdict)
 
 
-def main() -> None:
-    """The kernel process: ipykernel with the package loaded first."""
-    if sys.path and sys.path[0] == "":
-        del sys.path[0]  # as ipykernel_launcher does (IPython puts it back)
+def _seed(km: KernelManager):
+    """A kernel forked from this process when it has the kernel's modules loaded (a fleet
+    host's process, see seed.py), else None: the kernel is started as a new process."""
+    seed = sys.modules.get("runbook.run.seed")
+    if seed is None or not seed.can_fork():
+        return None
+    km.kernel_id = km.kernel_id or str(uuid.uuid4())
+    km.provisioner = seed.SeedProvisioner(kernel_id=km.kernel_id, kernel_spec=km.kernel_spec,
+                                          parent=km)
+    km.provisioner.seed = seed.Seed.fork()
+    return km.provisioner.seed
+
+
+def preload() -> None:
+    """Import what a kernel and the stage notebooks need, once and before it serves."""
     # Imports make objects that live as long as the kernel; collecting among them is a
     # fifth of the import time. Frozen afterwards, later collections skip them too.
     gc.disable()
     # ipykernel imports debugpy (0.1 s) to offer its debugger to a front end; a batch run
     # has none, and ipykernel goes without when debugpy cannot be imported.
     sys.modules.setdefault("debugpy", None)
-    from ipykernel import kernelapp
-
+    importlib.import_module("ipykernel.kernelapp")
     for name in PRELOAD:
         importlib.import_module(name)
     gc.freeze()
     gc.enable()
-    kernelapp.launch_new_instance()
+
+
+def serve(argv: list[str]) -> None:
+    """Serve as ipykernel does, with these arguments (the connection file and options)."""
+    from ipykernel import kernelapp
+
+    kernelapp.launch_new_instance(argv=argv)
+
+
+def main() -> None:
+    """The kernel process: ipykernel with the package loaded first."""
+    if sys.path and sys.path[0] == "":
+        del sys.path[0]  # as ipykernel_launcher does (IPython puts it back)
+    preload()
+    serve(sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -141,6 +141,20 @@ def run(
     return run_dir
 
 
+def preload() -> None:
+    """Build now what each run would build for itself in this process: nbformat's notebook
+    validators (compiled once a process, about 0.1 s) and the report's templates. The
+    fleet's fork server calls it once, and every host's process forked from it starts with
+    them (fleet/child.py)."""
+    import nbformat
+
+    from runbook.report import render  # above run/ (as in write_report): loaded on purpose
+
+    nbformat.read(stage_manifest.select()[0].notebook, as_version=4)  # its validator
+    nbformat.v4.new_output("stream", name="stdout", text="")  # the outputs' validator
+    render.preload()
+
+
 def write_report(run_dir: Path, echo=print) -> None:
     """report.html and report.json beside the record (after sealing: they show the verified
     record). The report page only: the stage pages (nbconvert) would add about half a second
