@@ -9,7 +9,8 @@ interleaved so that drift in the machine's load hits both sides alike:
 1. fresh host, the floor: one bare asyncssh script doing the default run's job;
 2. fresh host, ours: `runbook run PARAMS` (the default run, 00 … 70);
 3. `--reruns` times: our re-run of 10-install … 50-validate, each followed by the floor
-   replaying the very commands that re-run recorded, with the same SMTP session.
+   replaying the very commands that re-run recorded, with the same SMTP session, then the
+   same re-run of ours started from `runbook warm` (one warm process for the invocation).
 
 Every time is the wall time of a whole process, started as an operator starts it
 (interpreter, imports, kernel and all). Then, on the configured host, `Target.run` per
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -40,18 +42,20 @@ INSTALLERS = ("apt-get install", "pkg_add")
 GOALS = {"re-run": 2.0, "fresh": 1.3, "Target.run": 1.3}
 
 
-def timed(command: list[str]) -> float:
+def timed(command: list[str], env: dict | None = None) -> float:
     start = time.monotonic()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
     wall = time.monotonic() - start
     if done.returncode:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
     return wall
 
 
-def ours(params_file: str, stages, run_dir: Path) -> dict:
+def ours(params_file: str, stages, run_dir: Path, env: dict | None = None) -> dict:
     command = [sys.executable, "-m", "runbook.cli", "run", params_file, "--run-dir", str(run_dir)]
-    wall = timed(command + (["--stages", ",".join(stages)] if stages else []))
+    wall = timed(command + (["--stages", ",".join(stages)] if stages else []),
+                 env=env or {"RUNBOOK_WARM": "0"})
     records = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
     commands = [r for r in records if r["type"] == "command"]
     changed = sum(1 for r in records if r["type"] == "operation" and r["status"] == "changed")
@@ -75,21 +79,52 @@ def the_floor(job: dict, tmp: Path) -> dict:
     return {"wall": wall, **json.loads(out.stdout)}
 
 
+@contextlib.contextmanager
+def warm_process(tmp: Path):
+    """`runbook warm` for the re-runs that start from it: the environment that finds it
+    (its private folder under a TMPDIR of its own), and how many runs it served."""
+    env = {"TMPDIR": str(tmp / "warm")}
+    (tmp / "warm").mkdir()
+    log = open(tmp / "warm.log", "w+")  # noqa: SIM115
+    server = subprocess.Popen([sys.executable, "-m", "runbook.cli", "warm", "--idle", "900"],
+                              cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=log)
+    while "serving runs" not in (tmp / "warm.log").read_text():
+        if server.poll() is not None:
+            raise SystemExit(f"runbook warm ended: {(tmp / 'warm.log').read_text()}")
+        time.sleep(0.1)
+    try:
+        yield env, lambda: (tmp / "warm.log").read_text().count(" started")
+    finally:
+        server.terminate()
+        server.wait()
+        log.close()
+
+
 def rounds(name: str, count: int, reruns: int, tmp: Path) -> dict[str, list[dict]]:
     results: dict[str, list[dict]] = {"fresh floor": [], "fresh": [], "re-run": [],
-                                      "re-run floor": []}
-    for n in range(count):
-        host = lab.reset(name)
-        p = params.load(host["params_file"])
-        password = Path(p.dovecot.test_password_file).read_text().strip()
-        results["fresh floor"].append(the_floor(floor.fresh_job(p, password), tmp))
-        host = lab.reset(name)
-        results["fresh"].append(ours(host["params_file"], None, tmp / f"fresh-{n}"))
-        for m in range(reruns):
-            rerun = ours(host["params_file"], floor.STAGES, tmp / f"rerun-{n}-{m}")
-            results["re-run"].append(rerun)
-            results["re-run floor"].append(the_floor(floor.replay_job(p, rerun["records"]), tmp))
+                                      "re-run floor": [], "re-run, warm": []}
+    with warm_process(tmp) as (warm_env, served):
+        for n in range(count):
+            _round(name, n, reruns, tmp, results, warm_env)
+        if served() != len(results["re-run, warm"]):
+            raise SystemExit("runbook warm did not serve every warm re-run")
     return results
+
+
+def _round(name: str, n: int, reruns: int, tmp: Path, results: dict, warm_env: dict) -> None:
+    """One round: a fresh host each side, then re-runs: ours cold, the floor, ours warm."""
+    host = lab.reset(name)
+    p = params.load(host["params_file"])
+    password = Path(p.dovecot.test_password_file).read_text().strip()
+    results["fresh floor"].append(the_floor(floor.fresh_job(p, password), tmp))
+    host = lab.reset(name)
+    results["fresh"].append(ours(host["params_file"], None, tmp / f"fresh-{n}"))
+    for m in range(reruns):
+        rerun = ours(host["params_file"], floor.STAGES, tmp / f"rerun-{n}-{m}")
+        results["re-run"].append(rerun)
+        results["re-run floor"].append(the_floor(floor.replay_job(p, rerun["records"]), tmp))
+        results["re-run, warm"].append(
+            ours(host["params_file"], floor.STAGES, tmp / f"warm-{n}-{m}", env=warm_env))
 
 
 def med(runs: list[dict], key: str = "wall") -> float:
@@ -109,6 +144,8 @@ def report(results: dict[str, list[dict]], per_command: dict[str, list[float]]) 
     rows = [
         ("re-run of 10-install … 50-validate", rerun, rerun_floor, "re-run",
          results["re-run"], results["re-run floor"]),
+        ("the same re-run, started from `runbook warm`", med(results["re-run, warm"]),
+         rerun_floor, "re-run", results["re-run, warm"], results["re-run floor"]),
         ("fresh host, default run 00 … 70", fresh, fresh_floor, "fresh",
          results["fresh"], results["fresh floor"]),
     ]

@@ -13,6 +13,17 @@ from runbook.errors import ParamsError, RunbookError
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:  # started from a warm process of this code, if one runs
+        from runbook.run import warm
+
+        if (code := warm.delegate(argv)) is not None:
+            return code
+    return run_here(argv)
+
+
+def run_here(argv: list[str]) -> int:
+    """The command, in this process."""
     args = _parser().parse_args(argv)
     try:
         return args.func(args) or 0
@@ -211,6 +222,13 @@ def _print_hosts(hosts: list[dict], args) -> None:
               f"{h.get('release', '')}  params: {h.get('params_file')}")
 
 
+def _warm(args) -> int:
+    from runbook.run import warm
+
+    # a run it serves is this CLI's, in a process forked for it (with its own argv)
+    return warm.serve(run_here, idle=args.idle)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runbook", description="Set up Postfix and Dovecot from parameterised notebooks."
@@ -313,6 +331,12 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--require-signature", action="store_true",
                         help="an unsigned run fails instead of being reported as unsigned")
     verify.set_defaults(func=_audit_verify)
+
+    warm = sub.add_parser("warm", help="keep the runner and a kernel loaded, so that each "
+                          "`runbook run` of this checkout starts from it (see README)")
+    warm.add_argument("--idle", type=float, default=3600.0, metavar="SECONDS",
+                      help="end after this long without a run (default: an hour)")
+    warm.set_defaults(func=_warm)
 
     session = sub.add_parser(
         "session", help="fresh notebook copies in runs/session-<UTC>/, served by JupyterLab "
