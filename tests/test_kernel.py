@@ -66,8 +66,10 @@ def test_bad_params_are_refused_naming_the_field_and_the_early_kernel_is_gone(tm
 
 SEEDED = """
 import json, os, sys, threading
-import runbook.run.seed
-from runbook.run import kernel
+import asyncio
+from runbook.run import kernel, seed
+seed.enable()
+asyncio.set_event_loop(asyncio.new_event_loop())  # the parent's, never the kernel's
 if sys.argv[1] == "thread":
     threading.Thread(target=threading.Event().wait, daemon=True).start()
 started = kernel.Kernel()
@@ -114,6 +116,14 @@ def test_a_forked_kernel_ends_when_the_process_that_forked_it_dies():
     assert gone_within(started["pid"], 5), "the kernel outlived its runner"
 
 
+def test_a_process_that_did_not_enable_it_starts_its_kernel_afresh():
+    check = ("import runbook.run.seed; from runbook.run import kernel; k = kernel.Kernel(); "
+             "k.ready(); print(type(k.km.provisioner).__name__); k.stop()")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         cwd=PROJECT, timeout=60)
+    assert out.stdout.strip() == "LocalProvisioner", out.stderr
+
+
 def test_a_process_with_threads_starts_its_kernel_afresh():
     started, stopped = seeded("thread")
     assert started["provisioner"] == "LocalProvisioner"
@@ -158,7 +168,7 @@ def test_the_fleets_fork_server_preload_loads_the_kernel_and_the_runs_caches():
     this is the check that it loads (fleet/preload.py, job.py)."""
     check = ("import sys, runbook.fleet.preload, nbformat.validator as v, "
              "runbook.report.render as r; "
-             "print('runbook.run.seed' in sys.modules, 'ipykernel.kernelapp' in sys.modules, "
+             "print(runbook.run.seed.can_fork(), 'ipykernel.kernelapp' in sys.modules, "
              "len(v.validators) >= 1, len(r.environment().cache) >= 2)")
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                          cwd=PROJECT, timeout=60)

@@ -6,6 +6,7 @@ imports, more than its own work on a re-run.
 """
 
 from runbook.fleet import child  # noqa: F401  (the host's process runs child.serve)
-from runbook.run import runner, seed  # noqa: F401  (seed: importing it loads the kernel's)
+from runbook.run import runner, seed  # importing seed loads what a kernel needs
 
 runner.preload()
+seed.enable()

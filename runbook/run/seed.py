@@ -17,7 +17,9 @@ should this process die.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import gc
 import json
 import os
 import signal
@@ -36,9 +38,21 @@ kernel.preload()
 PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
+_enabled = False
+_KEPT = []  # what a forked kernel inherits and must never free (see _grow)
+
+
+def enable() -> None:
+    """This process forks its kernels from itself from now on (a process that loads the
+    kernel's modules on purpose to serve runs: a fleet host's, a warm run's)."""
+    global _enabled
+    _enabled = True
+
+
 def can_fork() -> bool:
-    """Only a process with one thread forks safely (a thread's locks would stay taken)."""
-    return threading.active_count() == 1
+    """Enabled, and only in a process with one thread (a thread's locks would stay taken
+    in the child)."""
+    return _enabled and threading.active_count() == 1
 
 
 class Seed:
@@ -141,6 +155,12 @@ def _grow(orders: int, parent: int) -> None:
             os._exit(0)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
+        # What the parent made is never collected here (frozen): a socket or event loop
+        # freed later would close a descriptor number the kernel may be using by then.
+        # The parent's event loop stays the parent's; the kernel makes its own.
+        gc.freeze()
+        _KEPT.append(asyncio.get_event_loop_policy())
+        asyncio.set_event_loop_policy(None)
         _close_inherited(keep=orders)
         with os.fdopen(orders, "rb") as pipe:
             order = pipe.read()

@@ -153,14 +153,15 @@ def _message(reader) -> dict | None:
 
 def serve(main: Callable[[list[str]], int], idle: float = IDLE, echo=print) -> int:
     """Listen for runs until `idle` seconds pass without one; `main` runs one (the CLI)."""
-    from runbook.run import runner, seed  # noqa: F401  (what a run loads: loaded once here)
-
-    runner.preload()
     path = socket_path(create=True)
     if path is None:
         echo(f"runbook warm: {folder()} is not private to this user: not used",
              file=sys.stderr)
         return 1
+    from runbook.run import runner, seed  # what a run loads, loaded once here
+
+    runner.preload()
+    seed.enable()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # a socket left by a warm process of this code that ended
