@@ -99,7 +99,7 @@ def test_a_warm_folder_open_to_others_is_never_used(tmp_path, monkeypatch):
     assert "not private" in str(lines)
 
 
-def test_the_socket_names_the_code_so_an_edit_means_a_cold_start(tmp_path, monkeypatch):
+def test_an_edit_or_an_upgrade_names_another_socket_so_the_run_starts_cold(tmp_path, monkeypatch):
     package, notebooks = tmp_path / "runbook", tmp_path / "notebooks"
     package.mkdir()
     notebooks.mkdir()
@@ -114,6 +114,14 @@ def test_the_socket_names_the_code_so_an_edit_means_a_cold_start(tmp_path, monke
     assert warm.digest() == before, "compiled files are not the code"
     (notebooks / "10.ipynb").write_text("{ }")
     assert warm.digest() != before
+    edited = warm.digest()
+    site = tmp_path / "site-packages"
+    (site / "papermill-2.6.0.dist-info").mkdir(parents=True)
+    monkeypatch.setattr(sys, "path", [*sys.path, str(site)])
+    installed = warm.digest()
+    assert installed != edited
+    (site / "papermill-2.6.0.dist-info").rename(site / "papermill-2.7.0.dist-info")
+    assert warm.digest() != installed, "an upgraded dependency means a cold start"
 
 
 # --- against a lab host ----------------------------------------------------------------------

@@ -13,8 +13,9 @@ sends back the exit status. The caller forwards Ctrl-C and SIGTERM to it, so the
 interrupt handling is the same. The child forks its kernel from itself (seed.py).
 
 A warm process is only asked by callers of the same code: the socket's name is a digest of
-the interpreter and of every file of the package and the notebooks (sizes and times), so
-after an edit, an upgrade or from another checkout the run starts cold, as it does when no
+the interpreter, the installed distributions and every file of the package and the
+notebooks (sizes and times), so after an edit, an upgrade or from another checkout the run
+starts cold, as it does when no
 warm process runs. RUNBOOK_WARM=0 in the environment makes `runbook run` start cold.
 
 This module's top level imports only the standard library: the caller's side runs before
@@ -46,9 +47,13 @@ MAX_ORDER = 4 << 20  # bytes: arguments and environment
 
 
 def digest() -> str:
-    """What the warm process was loaded from: the interpreter and the package's and the
-    notebooks' files (path, size, mtime). Stat calls only: about 1 ms."""
+    """What the warm process was loaded from: the interpreter, the installed distributions
+    (their dist-info names carry the versions) and the package's and the notebooks' files
+    (path, size, mtime). Directory listings and stat calls only: about 2 ms."""
     h = hashlib.sha256(f"{sys.executable}\0{sys.version}\0{PROJECT}".encode())
+    for entry in sys.path:
+        if entry.endswith("-packages") and os.path.isdir(entry):
+            h.update("\0".join(sorted(os.listdir(entry))).encode())
     found = []
     for root in (PACKAGE, PROJECT / "notebooks"):
         for where, dirs, files in os.walk(root):
