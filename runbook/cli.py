@@ -14,7 +14,7 @@ from runbook.errors import ParamsError, RunbookError
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["run"]:  # started from a warm process of this code, if one runs
+    if argv[:1] in (["run"], ["check"]):  # from a warm process of this code, if one runs
         from runbook.run import warm
 
         if (code := warm.delegate(argv)) is not None:

@@ -141,13 +141,14 @@ def run_dir_of(out: str) -> Path:
 
 
 @pytest.mark.lab
-def test_a_run_from_the_warm_process_configures_the_host_and_its_record_verifies(host,
-                                                                                 warmed):
+def test_runs_and_checks_from_the_warm_process_and_their_records(host, warmed):
     first = warmed.runbook("run", host["params_file"])
     assert first.returncode == 0, first.stdout + first.stderr
     again = warmed.runbook("run", host["params_file"])
     assert again.returncode == 0, again.stdout + again.stderr
-    assert warmed.served() == 2
+    check = warmed.runbook("check", host["params_file"])  # the nightly drift check
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert warmed.served() == 3
     run_dir = run_dir_of(again.stdout)
     assert verify(run_dir) > 0
     run = json.loads((run_dir / "run.json").read_text())

@@ -4,19 +4,20 @@ each `runbook run` starts from it instead of from nothing.
 Started cold, a run spends about 1.2 s before its first stage on two Pythons starting and
 importing (the CLI and its kernel, side by side): more than a re-run's remote work. The
 warm process loads it all once, then listens on a Unix socket in a private folder (mode
-0700, owned by this user; the peer's uid is checked as well). `runbook run` asks it first:
-the warm process forks a child for that one run, a fresh process each time (nothing is kept
-from one run to the next but loaded code, so no state is shared between targets), which
-takes over the caller's terminal (its stdin, stdout and stderr, passed over the socket),
-working directory, environment and arguments, runs the CLI as the caller would have, and
-sends back the exit status. The caller forwards Ctrl-C and SIGTERM to it, so the runner's
-interrupt handling is the same. The child forks its kernel from itself (seed.py).
+0700, owned by this user; the peer's uid is checked as well). `runbook run` and `runbook
+check` ask it first: the warm process forks a child for that one run, a fresh process each
+time (nothing is kept from one run to the next but loaded code, so no state is shared
+between targets). The child takes over the caller's terminal (its stdin, stdout and
+stderr, passed over the socket), working directory, environment and arguments, runs the
+CLI as the caller would have, and sends back the exit status. The caller forwards Ctrl-C
+and SIGTERM to it, so the runner's interrupt handling is the same; a caller killed outright
+takes its run along. The child forks its kernel from itself (seed.py).
 
 A warm process is only asked by callers of the same code: the socket's name is a digest of
 the interpreter, the installed distributions and every file of the package and the
 notebooks (sizes and times), so after an edit, an upgrade or from another checkout the run
-starts cold, as it does when no
-warm process runs. RUNBOOK_WARM=0 in the environment makes `runbook run` start cold.
+starts cold, as it does when no warm process runs. RUNBOOK_WARM=0 in the environment makes
+it start cold.
 
 This module's top level imports only the standard library: the caller's side runs before
 anything else is loaded.
