@@ -34,7 +34,7 @@ def run_here(argv: list[str]) -> int:
         print(f"runbook: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
-        print(f"runbook: {e or 'interrupted'}", file=sys.stderr)
+        print(f"runbook: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
     finally:
         # What is alive now lives until exit: frozen, the interpreter's last collections

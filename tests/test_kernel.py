@@ -173,3 +173,31 @@ def test_the_fleets_fork_server_preload_loads_the_kernel_and_the_runs_caches():
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                          cwd=PROJECT, timeout=60)
     assert out.stdout.split() == ["True"] * 4, out.stderr
+
+
+def test_ctrl_c_to_the_kernel_cancels_an_awaited_cell_and_is_ignored_elsewhere():
+    """run/batch_kernel.py: an interrupt outside a cell's awaited code used to be caught by
+    ipykernel with no reply sent, and the runner waited for ever."""
+    with kernel.Kernel() as started:
+        kc = started.ready().shared_kc
+
+        def interrupted(code: str, after: float) -> dict:
+            msg_id = kc.execute(code)
+            time.sleep(after)
+            started.km.interrupt_kernel()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                reply = kernel._reply(kc.get_shell_msg, msg_id, 1.0)
+                if reply:
+                    return reply["content"]
+            raise AssertionError(f"no reply to {code!r} after an interrupt")
+
+        # (the loop must wake to see the signal, which another of the kernel's threads may
+        # have taken: a cell that awaits in short steps, as a remote command's output does)
+        awaited = interrupted("import asyncio\nfor _ in range(300):\n"
+                              "    await asyncio.sleep(0.1)", 0.5)
+        assert awaited["status"] == "error" and awaited["ename"] == "CancelledError"
+        plain = interrupted("import time\ntime.sleep(1.5)\n'slept'", 0.5)
+        assert plain["status"] == "ok", plain  # not broken off halfway through
+        for _ in range(20):  # right as a request is taken: it gets its reply all the same
+            assert interrupted("1 + 1", 0)["status"] in ("ok", "error")

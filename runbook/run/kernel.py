@@ -46,7 +46,8 @@ PRELOAD = ("runbook.run.stage", "runbook.platforms", "runbook.services.preflight
            "runbook.interactive.approval")
 # IPython's input history (a sqlite file written after every cell) is for people at a
 # prompt; in a run it costs 2-3 ms a cell, and the executed notebooks are the record.
-KERNEL_ARGS = ("--HistoryManager.enabled=False",)
+KERNEL_ARGS = ("--HistoryManager.enabled=False",
+               "--IPKernelApp.kernel_class=runbook.run.batch_kernel.BatchKernel")
 READY_TIMEOUT = 60.0
 WATCH = 0.5  # s between checks that the kernel lives, while waiting for its messages
 MAX_CONNECT_TIMEOUT = 300.0  # the params model's bound (params.Target.connect_timeout)
@@ -302,6 +303,7 @@ def preload() -> None:
     # has none, and ipykernel goes without when debugpy cannot be imported.
     sys.modules.setdefault("debugpy", None)
     importlib.import_module("ipykernel.kernelapp")
+    importlib.import_module("runbook.run.batch_kernel")
     for name in PRELOAD:
         importlib.import_module(name)
     gc.freeze()

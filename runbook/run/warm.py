@@ -249,6 +249,7 @@ def _run_child(connection: socket.socket, main) -> None:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
+        signal.signal(signal.SIGIO, signal.SIG_IGN)  # the caller may go once it has this
         with contextlib.suppress(OSError):
             connection.sendall(json.dumps({"exit": code}).encode() + b"\n")
         os._exit(code)
