@@ -194,3 +194,17 @@ def test_a_caller_killed_outright_takes_its_run_in_the_warm_process_along(host, 
     # as after a cold run killed outright: its kernel gone, and the host's lock with it
     again = warmed.runbook("run", host["params_file"])
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_a_socket_left_by_a_warm_process_that_died_means_a_cold_start(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    path = warm.socket_path(create=True)
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with warm._address(path) as address:  # a test's folder is deep: as warm.serve binds
+        left.bind(address)
+    left.close()  # bound, never listened to again: as after a SIGKILL
+    assert path.exists()
+    assert warm.delegate(["run", "x.yaml"]) is None
