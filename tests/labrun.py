@@ -17,6 +17,17 @@ from runbook import lab
 from runbook.run import runner
 
 
+def booted(name: str, **options) -> dict:
+    """Lab host `name`, booted for this checkout (`lab.up_host` options: fresh, release);
+    the test fails, loudly, when it cannot be (not root, the lab not set up)."""
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root: they boot real target hosts (run `make test` as root)")
+    try:
+        return lab.up_host(name, checkout=Path(__file__).resolve().parents[1], **options)
+    except Exception as e:  # the message says what is missing and how to fix it
+        pytest.fail(f"the lab could not start {name}: {e}")
+
+
 def module_host(request, variable: str = "RUNBOOK_TEST_HOST") -> dict:
     """The module's fresh lab host, or (VARIABLE=debN) a host of one's own, reset."""
     name = os.environ.get(variable)

@@ -14,16 +14,14 @@ They need root and the lab; they fail (never skip) when the lab cannot start.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import asyncssh
 import labrun
 import pytest
 import yaml
-from labrun import audit, operations, ssh
+from labrun import audit, booted, operations, ssh
 
-from runbook import lab
 from runbook.cli import main as cli_main
 
 pytestmark = pytest.mark.lab
@@ -36,12 +34,7 @@ TIMINGS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def host() -> dict:
-    if os.geteuid() != 0:
-        pytest.fail("lab tests need root: they boot real target hosts (run `make test` as root)")
-    try:
-        return lab.up_host(HOST, release="13", checkout=Path(__file__).parents[1], fresh=True)
-    except Exception as e:  # the message says what is missing and how to fix it
-        pytest.fail(f"the lab could not start {HOST}: {e}")
+    return booted(HOST, release="13", fresh=True)
 
 
 ALIAS = "mail-trixie"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labrun import ssh
+from labrun import booted, ssh
 
-from runbook import errors, lab
+from runbook import errors
 from runbook.run import kernel, runner
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -132,12 +132,7 @@ def test_a_process_with_threads_starts_its_kernel_afresh():
 
 @pytest.fixture(scope="module")
 def host() -> dict:
-    if os.geteuid() != 0:
-        pytest.fail("lab tests need root: they boot real target hosts (run `make test` as root)")
-    try:
-        return lab.up_host(HOST, checkout=PROJECT)
-    except Exception as e:
-        pytest.fail(f"the lab could not start {HOST}: {e}")
+    return booted(HOST)
 
 
 def accepted(host: dict) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import labrun
 import pytest
 import yaml
-from labrun import ssh
+from labrun import booted, ssh
 
 from runbook import cli, inventory, lab
 from runbook.fleet import controller, record
@@ -45,12 +44,7 @@ GONE_TARGET = {"host": "127.0.0.1", "port": 1}
 
 @pytest.fixture(scope="module")
 def host():
-    if os.geteuid() != 0:
-        pytest.fail("lab tests need root: they boot real target hosts (run `make test` as root)")
-    try:
-        made = lab.up_host(HOST, checkout=PROJECT, fresh=True)
-    except Exception as e:
-        pytest.fail(f"the lab could not give a fresh {HOST}: {e}")
+    made = booted(HOST, fresh=True)
     yield made
     lab.down([HOST])  # the reports need only the records
 

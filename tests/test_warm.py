@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from labrun import booted
 
-from runbook import lab
 from runbook.audit import verify
 from runbook.run import warm
 from runbook.run.runner import latest_run
@@ -128,12 +128,7 @@ def test_an_edit_or_an_upgrade_names_another_socket_so_the_run_starts_cold(tmp_p
 
 @pytest.fixture(scope="module")
 def host() -> dict:
-    if os.geteuid() != 0:
-        pytest.fail("lab tests need root: they boot real target hosts (run `make test` as root)")
-    try:
-        return lab.up_host(HOST, checkout=PROJECT)
-    except Exception as e:
-        pytest.fail(f"the lab could not start {HOST}: {e}")
+    return booted(HOST)
 
 
 def run_dir_of(out: str) -> Path:

@@ -14,7 +14,6 @@ down. The process also ends when its parent does (a dying Dask worker takes it a
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from runbook import params as params_model
 from runbook.errors import HostUnreachable, RunbookError
-from runbook.run import manifest, runner
+from runbook.run import forking, manifest, runner
 from runbook.run.stage import PROJECT, run_name, unused_folder
 
 
@@ -124,13 +123,6 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def _die_with_parent(parent: int) -> None:
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != parent:  # the parent died before prctl took hold
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def _terminated(signum, frame):
     raise KeyboardInterrupt
 
@@ -146,7 +138,7 @@ def serve(connection, log_file: str) -> None:
     os.chdir(PROJECT)
     signal.signal(signal.SIGTERM, _terminated)
     signal.signal(signal.SIGINT, _terminated)
-    _die_with_parent(os.getppid())
+    forking.die_with_parent(os.getppid(), signal.SIGTERM)
     events = Events(connection)
     job = connection.recv()
     os.environ.update(job.get("env") or {})  # the kernel inherits it (the SSH slots)

@@ -18,24 +18,19 @@ should this process die.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-import traceback
 
 from jupyter_client.provisioning import LocalProvisioner
 
-from runbook.run import kernel
+from runbook.run import forking, kernel
 
 kernel.preload()
-
-PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 _enabled = False
@@ -143,47 +138,34 @@ class SeedProvisioner(LocalProvisioner):
 
 
 def _grow(orders: int, parent: int) -> None:
-    """In the forked child: wait for the launch order, then serve as the kernel, and exit
-    without running this process's exit handlers (they belong to the parent's run)."""
-    code = 1
-    try:
-        os.setsid()  # as a started kernel: the terminal's Ctrl-C reaches only the runner
-        # The runner killed outright takes its kernel along at once (ipykernel's own poller
-        # would take up to a second): its SSH connection, and the host's lock, close with it.
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(0)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_DFL)
-        # What the parent made is never collected here (frozen): a socket or event loop
-        # freed later would close a descriptor number the kernel may be using by then.
-        # The parent's event loop stays the parent's; the kernel makes its own.
-        gc.freeze()
-        _KEPT.append(asyncio.get_event_loop_policy())
-        asyncio.set_event_loop_policy(None)
-        _close_inherited(keep=orders)
-        with os.fdopen(orders, "rb") as pipe:
-            order = pipe.read()
-        if not order:  # the runner discarded the seed
-            os._exit(0)
-        order = json.loads(order)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        os.chdir(order["cwd"])
-        os.environ.clear()
-        os.environ.update(order["env"])
-        sys.argv = [sys.argv[0], *order["argv"]]
-        kernel.serve(order["argv"])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 0
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    """In the forked child: wait for the launch order, then serve as the kernel."""
+    os._exit(forking.outcome(lambda: _become_kernel(orders, parent)))
+
+
+def _become_kernel(orders: int, parent: int) -> None:
+    os.setsid()  # as a started kernel: the terminal's Ctrl-C reaches only the runner
+    # The runner killed outright takes its kernel along at once (ipykernel's own poller
+    # would take up to a second): its SSH connection, and the host's lock, close with it.
+    forking.die_with_parent(parent, signal.SIGKILL)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    # What the parent made is never collected here (frozen): a socket or event loop freed
+    # later would close a descriptor number the kernel may be using by then. The parent's
+    # event loop stays the parent's; the kernel makes its own.
+    gc.freeze()
+    _KEPT.append(asyncio.get_event_loop_policy())
+    asyncio.set_event_loop_policy(None)
+    _close_inherited(keep=orders)
+    with os.fdopen(orders, "rb") as pipe:
+        order = pipe.read()
+    if not order:  # the runner discarded the seed
+        return
+    order = json.loads(order)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    forking.take_over(order["cwd"], order["env"], order["argv"])
+    kernel.serve(order["argv"])
 
 
 def _close_inherited(keep: int) -> None:

@@ -40,6 +40,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from runbook.run import forking
+
 PACKAGE = Path(__file__).resolve().parents[1]
 PROJECT = PACKAGE.parent
 ENV = "RUNBOOK_WARM"
@@ -225,34 +227,23 @@ def _fork_run(connection: socket.socket, main) -> int | None:
 
 
 def _run_child(connection: socket.socket, main) -> None:
-    code = 1
-    try:
-        os.setsid()  # not in the warm process's session: its end is not the run's
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        order = _receive(connection)
-        os.chdir(order["cwd"])
-        os.environ.clear()
-        os.environ.update(order["env"])
-        sys.argv = ["runbook", *order["argv"]]
-        connection.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
-        _end_with_caller(connection)
-        code = main(order["argv"])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    except BaseException:
-        import traceback
+    code = forking.outcome(lambda: _serve_caller(connection, main))
+    signal.signal(signal.SIGIO, signal.SIG_IGN)  # the caller may go once it has this
+    with contextlib.suppress(OSError):
+        connection.sendall(json.dumps({"exit": code}).encode() + b"\n")
+    os._exit(code)
 
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        signal.signal(signal.SIGIO, signal.SIG_IGN)  # the caller may go once it has this
-        with contextlib.suppress(OSError):
-            connection.sendall(json.dumps({"exit": code}).encode() + b"\n")
-        os._exit(code)
+
+def _serve_caller(connection: socket.socket, main) -> int:
+    os.setsid()  # not in the warm process's session: its end is not the run's
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    order = _receive(connection)
+    forking.take_over(order["cwd"], order["env"], order["argv"])
+    connection.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+    _end_with_caller(connection)
+    return main(order["argv"])
 
 
 def _end_with_caller(connection: socket.socket) -> None:
