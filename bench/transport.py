@@ -48,6 +48,27 @@ async def interleaved(factories: dict, n: int) -> dict[str, list[float]]:
     return samples
 
 
+async def in_blocks(factories: dict, n: int, block: int = 20) -> dict[str, list[float]]:
+    """Each `block` times in a row, in turn, n times in all: back to back as a stage runs its
+    commands (a shell started for the next command overlaps the one running), while drift in
+    the machine's load still hits them all alike."""
+    samples: dict[str, list[float]] = {name: [] for name in factories}
+    for _ in range(max(1, n // block)):
+        for name, factory in factories.items():
+            for _ in range(block):
+                t0 = time.perf_counter()
+                await factory()
+                samples[name].append(time.perf_counter() - t0)
+    return samples
+
+
+class OwnChannels(Target):
+    """Target.run with no shell started ahead: every command opens its channel itself."""
+
+    async def _take_spare(self):
+        return None
+
+
 async def transport(target_params, commands: int) -> dict[str, list[float]]:
     bare_options = {"port": target_params.port, "username": target_params.user,
                     "known_hosts": str(target_params.known_hosts),
@@ -71,13 +92,16 @@ async def transport(target_params, commands: int) -> dict[str, list[float]]:
             await conn.run("true")
             await target.run("true", stream=False)
         unaudited = Target(target.session, target_params, None, None)
-        results |= await interleaved({
+        own = OwnChannels(target.session, target_params, target.audit, None)
+        results |= await in_blocks({
             "`true`, bare conn.run": lambda: conn.run("true"),
             "`true`, Target.run (audited)": lambda: target.run("true", stream=False),
             "`true`, Target.run without its audit record":
                 lambda: unaudited.run("true", stream=False),
+            "`true`, Target.run, each command opening its own channel (audited)":
+                lambda: own.run("true", stream=False),
         }, commands)
-        results |= await interleaved({
+        results |= await in_blocks({
             "`postconf -n`-sized output, bare": lambda: conn.run("seq 1 60"),
             "`postconf -n`-sized output, Target.run":
                 lambda: target.run("seq 1 60", stream=False),
@@ -121,7 +145,7 @@ def main() -> None:
             print(f"| {name} | {ms(samples)} |")
     bare = statistics.median(results["`true`, bare conn.run"])
     ours = statistics.median(results["`true`, Target.run (audited)"])
-    print(f"\nTarget.run / bare conn.run: {ours / bare:.2f}x (goal ≤ 1.5x)")
+    print(f"\nTarget.run / bare conn.run: {ours / bare:.2f}x (goal ≤ 1.3x)")
 
 
 if __name__ == "__main__":

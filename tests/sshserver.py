@@ -28,7 +28,10 @@ class Server:
     known_hosts: Path  # holds exactly this server's key
     client_key: Path  # the only key the server accepts
     env: dict = field(default_factory=dict)  # environment of the commands (tests may change it)
-    commands: list[str] = field(default_factory=list)  # every command received, in order
+    # What each channel ran, in order: its command, or for a shell started ahead of its
+    # command (`exec sh`), the script it was given on its input, once given.
+    commands: list[str] = field(default_factory=list)
+    channels: list[str] = field(default_factory=list)  # every channel's own command
     procs: list[asyncio.subprocess.Process] = field(default_factory=list)
 
     def params(self, **overrides) -> SimpleNamespace:
@@ -71,17 +74,26 @@ async def _pump(read, write) -> None:
             write(data)
 
 
-async def _feed_stdin(channel: asyncssh.SSHReader, stdin: asyncio.StreamWriter) -> None:
+async def _feed_stdin(channel: asyncssh.SSHReader, stdin: asyncio.StreamWriter,
+                      given=None) -> None:
+    """Copy the channel's input to the process; `given(text)` then has all of it, if any."""
+    received = []
     with contextlib.suppress(OSError, asyncssh.Error):
         while data := await channel.read(65536):
+            received.append(data)
             stdin.write(data)
             await stdin.drain()
     stdin.close()
+    if given is not None and received:
+        given(b"".join(received).decode())
 
 
 def _handler(server: Server):
     async def handle(process: asyncssh.SSHServerProcess) -> None:
-        server.commands.append(process.command)
+        server.channels.append(process.command)
+        started = process.command == "exec sh"  # a shell waiting for its command
+        if not started:
+            server.commands.append(process.command)
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh",
             "-c",
@@ -93,7 +105,8 @@ def _handler(server: Server):
             env=server.env,
         )
         server.procs.append(proc)
-        stdin = asyncio.ensure_future(_feed_stdin(process.stdin, proc.stdin))
+        given = server.commands.append if started else None
+        stdin = asyncio.ensure_future(_feed_stdin(process.stdin, proc.stdin, given))
         await asyncio.gather(
             _pump(proc.stdout.read, process.stdout.write),
             _pump(proc.stderr.read, process.stderr.write),

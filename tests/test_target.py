@@ -28,6 +28,7 @@ from runbook.errors import (
     HostUnreachable,
     PrivilegeRefused,
 )
+from runbook.remote import channel
 from runbook.remote import target as target_mod
 from runbook.remote.target import Target, q
 
@@ -88,7 +89,7 @@ def feed_in_chunks(lines, data: bytes, cuts: list[int]) -> None:
 
 @given(st.binary(), st.lists(st.integers(0, 1 << 16), max_size=8))
 def test_output_keeps_every_byte_and_finds_the_pid_however_it_is_cut(data, cuts):
-    lines = target_mod._Lines(None, str, find_pid=True)
+    lines = channel.Lines(None, str, find_pid=True)
     feed_in_chunks(lines, b"__mail_runbook_pid__ 4242\n" + data, cuts)
     assert lines.pid == 4242
     assert lines.text.encode("utf-8", "surrogateescape") == data
@@ -97,7 +98,7 @@ def test_output_keeps_every_byte_and_finds_the_pid_however_it_is_cut(data, cuts)
 @given(st.text(), st.lists(st.integers(0, 1 << 16), max_size=8))
 def test_printed_lines_are_the_output_lines(text, cuts):
     sink = Clock()
-    lines = target_mod._Lines(sink, str.upper)
+    lines = channel.Lines(sink, str.upper)
     feed_in_chunks(lines, text.encode(), cuts)
     assert lines.text == text
     shown = [line for _, line in sink.lines]
@@ -181,27 +182,71 @@ def test_stdin_and_binary_output_round_trip(tmp_path):
     assert raw.stdout.encode("utf-8", "surrogateescape") == blob
 
 
-def test_one_channel_per_command_and_the_command_runs_in_sh(tmp_path):
+def test_each_command_has_a_channel_and_a_shell_of_its_own(tmp_path):
+    # The first opens its channel for itself; each later one is given the shell started
+    # while the one before ran, and another is started for the next.
     async def body():
         async with session(tmp_path) as (srv, t):
-            before = len(srv.commands)
-            r = await t.run("echo $0 $$")
-            return srv.commands[before:], r
+            results = [await t.run("echo $0 $$ $#") for _ in range(3)]
+            return srv.commands, sorted(srv.channels), results
 
-    sent, r = asyncio.run(body())
-    assert len(sent) == 1
-    assert r.stdout.split()[0] == "sh"
-    assert "__mail_runbook_pid__" not in r.stdout  # the pid line is the library's, not output
+    ran, channels, results = asyncio.run(body())
+    first = "echo __mail_runbook_pid__ $$; exec sh -c 'echo $0 $$ $#'"
+    assert channels == [first, *["exec sh"] * 3]  # the last waits for a command to come
+    assert ran == [first, *["echo __mail_runbook_pid__ $$; eval 'echo $0 $$ $#'\n"] * 2]
+    words = [r.stdout.split() for r in results]
+    assert [(w[0], w[2]) for w in words] == [("sh", "0")] * 3  # as `sh -c` runs it
+    assert len({w[1] for w in words}) == 3  # a process each
+    assert all("__mail_runbook_pid__" not in r.stdout for r in results)  # the library's line
+
+
+def test_commands_at_once_each_get_a_shell(tmp_path):
+    async def body():
+        async with session(tmp_path) as (_, t):
+            await t.run("true")
+            return await asyncio.gather(*(t.run(f"sleep 0.2; echo {i} $$") for i in range(4)))
+
+    results = asyncio.run(body())
+    assert [r.stdout.split()[0] for r in results] == ["0", "1", "2", "3"]
+    assert len({r.stdout.split()[1] for r in results}) == 4
+
+
+def test_a_started_shell_that_ended_while_it_waited_is_passed_over(tmp_path):
+    async def body():
+        async with session(tmp_path) as (srv, t):
+            await t.run("true")
+            spare = await t._spare
+            os.kill(srv.procs[-1].pid, 9)  # the waiting `exec sh`
+            await asyncio.wait_for(spare.chan.wait_closed(), 5)
+            r = await t.run("echo still $0")
+            return spare.dead, r, srv.commands
+
+    dead, r, ran = asyncio.run(body())
+    assert dead and r.stdout == "still sh\n" and r.exit_status == 0
+    assert ran[-1].endswith("exec sh -c 'echo still $0'")  # on a channel of its own
+
+
+def test_a_command_given_input_opens_its_own_channel(tmp_path):
+    async def body():
+        async with session(tmp_path) as (srv, t):
+            await t.run("true")
+            await t.run("cat", input="x")
+            return srv.commands
+
+    assert asyncio.run(body())[-1].endswith("exec sh -c cat")
 
 
 # --- timeout -----------------------------------------------------------------------------
 
 
-def test_timeout_kills_the_remote_process(tmp_path):
+@pytest.mark.parametrize("shell", ["its own channel", "started before it"])
+def test_timeout_kills_the_remote_process(tmp_path, shell):
     run_dir = tmp_path / "run"
 
     async def body():
         async with session(tmp_path, Audit(run_dir, display=False)) as (srv, t):
+            if shell == "started before it":
+                await t.run("true", quiet=True)
             task = asyncio.ensure_future(t.run("sleep 1000; echo never", timeout=0.5))
             await asyncio.sleep(0.3)
             assert len(sleepers(srv)) == 1  # the check below can see it
@@ -212,7 +257,7 @@ def test_timeout_kills_the_remote_process(tmp_path):
     left, exc = asyncio.run(body())
     assert left == []
     assert "timed out after 0.5 s" in str(exc) and "killed" in str(exc)
-    kill, cmd = records(run_dir)
+    kill, cmd = records(run_dir)[-2:]
     assert "kill -TERM" in kill["command"] and kill["exit_status"] == 0
     assert cmd["command"] == "sleep 1000; echo never"
     assert cmd["timed_out"] == 0.5 and cmd["killed"] is True and cmd["stdout"] == ""

@@ -1,22 +1,27 @@
 """The asyncssh session to the target: every remote command goes through `Target.run()`.
 
-A command runs on its own channel of the one open connection as
-`echo <marker> $$; exec sh -c '<command>'` (inside `sudo -n`/`doas -n` when privileged), so the
-first stdout line names the remote pid: after a timeout its process group is killed over a
-new channel — closing a channel without a PTY leaves the remote process running. That kill
-is the one command not started by `run()` itself; it is recorded all the same.
+A command runs on its own channel of the one open connection, in its own `sh`, which first
+prints `<marker> $$`: the first stdout line names the remote pid, and after a timeout its
+process group is killed over a new channel — closing a channel without a PTY leaves the
+remote process running. That kill is the one command not started by `run()` itself; it is
+recorded all the same.
+
+The shell is usually started before its command (`Spare`): a channel running `exec sh`,
+opened while the previous command runs, is given `echo <marker> $$; eval '<command>'` on its
+input and then EOF. sshd's fork and the login shell's start are then off the command's path,
+and the command still has its own channel, process, session and exit status, with `sh -c`'s
+meaning. Otherwise (a command given input, or privileged) it is sent as
+`echo <marker> $$; exec sh -c '<command>'`, or under `sudo -n`/`doas -n` as
+`sh -c 'echo <marker> $$; eval <command>'`: sudo's log keeps naming each command.
+A started shell has read what its login shell reads at start (~/.profile, ~/.bashrc) while
+the command before it ran; nothing the runbook does edits those.
 """
 
 import asyncio
-import codecs
 import contextlib
-import contextvars
-import re
 import shlex
 import sys
 import time
-from dataclasses import dataclass
-from signal import Signals
 
 import asyncssh
 
@@ -28,10 +33,9 @@ from runbook.errors import (
     TargetError,
 )
 from runbook.remote import ssh, sudo
+from runbook.remote.channel import Job, Lines, Result, Spare, script, wrap
 
 q = shlex.quote
-PID_MARK = "__mail_runbook_pid__"
-PID_LINE = re.compile(rf"{PID_MARK} (\d+)\n")
 LONG = 2.0  # seconds after which the elapsed time is printed
 KILL_TIMEOUT = 10.0
 KILL_GRACE = 3.0  # seconds between TERM and KILL
@@ -51,146 +55,9 @@ kill -KILL -$g $p 2>/dev/null; sleep 0.1
 ! alive"""
 
 
-@dataclass
-class Result:
-    command: str
-    exit_status: int | None
-    stdout: str
-    stderr: str
-    duration: float
-    start: str
-
-
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "replace").decode("utf-8")
-
-
 def _tail(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()][-TAIL:]
     return "\n".join(f"  {line}" for line in lines)
-
-
-def _wrap(command: str, via: str | None, password: bool = False) -> str:
-    inner = f"echo {PID_MARK} $$; exec sh -c {q(command)}"
-    if via and password:
-        return sudo.wrap(inner)  # the pid line also says sudo let it run
-    return f"exec {via} -n sh -c {q(inner)}" if via else inner
-
-
-class _Lines:
-    """One output stream: decoded as it arrives, kept, and printed line by line if asked.
-
-    Undecodable bytes are kept as surrogates, so `text.encode("utf-8", "surrogateescape")`
-    gives back the exact bytes (files.read_file relies on it).
-    """
-
-    def __init__(self, sink, mask, find_pid: bool = False):
-        self.sink, self.mask, self.find_pid = sink, mask, find_pid
-        # asyncssh calls back from the context that opened the connection; ipykernel 7
-        # routes output by context, so print in the caller's (the running cell's) instead.
-        self.context = contextvars.copy_context()
-        self.decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
-        self.parts: list[str] = []
-        self.partial = ""
-        self.pid: int | None = None
-
-    def feed(self, data: bytes, final: bool = False) -> None:
-        text = self.decoder.decode(data, final)
-        if self.sink is None and not self.find_pid:
-            self.parts.append(self.partial + text)
-            self.partial = ""
-            return
-        text = self.partial + text
-        cut = len(text) if final else text.rfind("\n") + 1
-        self.partial = text[cut:]
-        begin = 0
-        while begin < cut:
-            end = text.find("\n", begin, cut) + 1 or cut
-            self._line(text[begin:end])
-            begin = end
-
-    def _line(self, line: str) -> None:
-        if self.find_pid and (match := PID_LINE.fullmatch(line)):
-            self.pid, self.find_pid = int(match[1]), False
-            return
-        self.parts.append(line)
-        if self.sink is not None:
-            text = _printable(self.mask(line.rstrip("\n")))
-            self.context.run(print, text, file=self.sink, flush=True)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-
-class _Job(asyncssh.SSHClientSession):
-    """One command on its own channel: output fed to two `_Lines`, exit status kept.
-
-    Under `sudo -S` (`password` given) the command's input waits until the command runs (its
-    pid line): the password is written only when sudo's prompt shows on stderr, once."""
-
-    def __init__(self, out: _Lines, err: _Lines, password: str | None = None):
-        self.out, self.err = out, err
-        self.chan: asyncssh.SSHClientChannel | None = None
-        self.exit_status: int | None = None
-        self.closed = asyncio.get_running_loop().create_future()
-        self.password, self.input = password, None
-        self.prompts = sudo.Prompts() if password else None
-        self.wrong_password = False
-
-    def connection_made(self, chan) -> None:
-        self.chan = chan
-
-    def start(self, data: bytes | None) -> None:
-        """Send the command's input now, or (under sudo -S) once the command runs."""
-        if self.prompts is None:
-            self.send(data)
-        else:
-            self.input = data
-
-    def send(self, data: bytes | None) -> None:
-        if data:
-            self.chan.write(data)
-        self.chan.write_eof()
-
-    def data_received(self, data: bytes, datatype) -> None:
-        if datatype == asyncssh.EXTENDED_DATA_STDERR:
-            if self.prompts is not None:  # sudo is still deciding
-                data, event = self.prompts.feed(data)
-                if event == "ask":
-                    self.chan.write(self.password.encode() + b"\n")
-                elif event == "wrong":  # never a second try: sudo reads EOF and gives up
-                    self.wrong_password = True
-                    self.chan.write_eof()
-            self.err.feed(data)
-            return
-        self.out.feed(data)
-        if self.prompts is not None and self.out.pid is not None:
-            self.err.feed(self.prompts.flush())
-            self.prompts = None  # sudo let the command run: its own input follows
-            self.send(self.input)
-
-    def exit_status_received(self, status: int) -> None:
-        self.exit_status = status
-
-    def exit_signal_received(self, signal: str, core_dumped, msg, lang) -> None:
-        number = Signals.__members__.get(f"SIG{signal}")
-        self.exit_status = 128 + (number or 0)  # as a shell reports it
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.prompts is not None:
-            self.err.feed(self.prompts.flush())
-        self.out.feed(b"", final=True)
-        self.err.feed(b"", final=True)
-        if self.closed.done():
-            return
-        if exc:
-            self.closed.set_exception(exc)
-        else:
-            self.closed.set_result(None)
-
-    def result(self, command: str, start: str, duration: float) -> Result:
-        return Result(command, self.exit_status, self.out.text, self.err.text, duration, start)
 
 
 # Over the ~150-line mark on purpose: `run` and what it needs (kill on timeout, the audit
@@ -213,6 +80,7 @@ class Target:
         self.privilege = params.privilege if params.privilege != "none" and not root else None
         if self.privilege != "sudo":
             self.sudo_password = None
+        self._spare: asyncio.Future | None = None  # the next unprivileged command's shell
 
     @property
     def audit(self) -> Audit | None:
@@ -249,6 +117,8 @@ class Target:
         await self.close()
 
     async def close(self) -> None:
+        if self._spare is not None:
+            self._spare.cancel()
         self.session.close()
         await self.session.wait_closed()
 
@@ -275,9 +145,9 @@ class Target:
         via = self.privilege if privileged else None
         live = None if quiet or not stream else sys.stdout
         password = self.sudo_password if via == "sudo" else None
-        job = _Job(
-            _Lines(live, self._mask, find_pid=True),
-            _Lines(sys.stderr if live else None, self._mask),
+        job = Job(
+            Lines(live, self._mask, find_pid=True),
+            Lines(sys.stderr if live else None, self._mask),
             password,
         )
         timeout = self.params.command_timeout if timeout is None else timeout
@@ -285,8 +155,7 @@ class Target:
         start, t0 = now(), time.monotonic()
         extra = {}
         try:
-            await asyncio.wait_for(self._exec(job, _wrap(command, via, bool(password)), data),
-                                   timeout)
+            await asyncio.wait_for(self._exec(job, command, via, data), timeout)
         except TimeoutError:
             extra = {"timed_out": timeout, "killed": await self._kill(job, via)}
         except (OSError, asyncssh.Error) as exc:
@@ -305,23 +174,50 @@ class Target:
         self._raise_for(result, via, job.out.pid, check, **extra)
         return result
 
-    async def _exec(self, job: _Job, command: str, data: bytes | None) -> None:
+    async def _exec(self, job: Job, command: str, via: str | None, data: bytes | None) -> None:
+        if not via and not data and (spare := await self._take_spare()) is not None:
+            spare.give(job, script(command))
+            await job.closed
+            if not job.untouched:
+                return
+            job.rearm()  # it ended just as it was given the command: open a channel for it
+        await self._open(job, wrap(command, via, bool(job.password)), data)
+
+    async def _open(self, job: Job, command: str, data: bytes | None) -> None:
         job.chan, _ = await self.conn.create_session(lambda: job, command, encoding=None)
         job.start(data)
         await job.closed
 
-    async def _kill(self, job: _Job, via: str | None) -> bool:
+    async def _take_spare(self) -> Spare | None:
+        """The shell started for this command, if it is still waiting; the next command's
+        is started now, so that it starts while this one runs."""
+        taken, self._spare = self._spare, asyncio.ensure_future(self._start_spare())
+        self._spare.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if taken is None:
+            return None
+        try:
+            spare = await taken
+        except (OSError, asyncssh.Error):
+            return None
+        return None if spare.dead else spare
+
+    async def _start_spare(self) -> Spare:
+        spare = Spare()
+        await self.conn.create_session(lambda: spare, "exec sh", encoding=None)
+        return spare
+
+    async def _kill(self, job: Job, via: str | None) -> bool:
         """End a timed-out command's remote processes; True when they are gone."""
         try:
             if job.out.pid is None:
                 return False  # it never started (e.g. sudo hanging): nothing known to kill
-            killer = _Job(_Lines(None, self._mask, find_pid=True), _Lines(None, self._mask),
+            killer = Job(Lines(None, self._mask, find_pid=True), Lines(None, self._mask),
                           job.password)
             script = KILL_SCRIPT.format(pid=job.out.pid, ticks=round(KILL_GRACE * 10))
             start, t0 = now(), time.monotonic()
-            wrapped = _wrap(script, via, bool(job.password))
+            wrapped = wrap(script, via, bool(job.password))
             with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
-                await asyncio.wait_for(self._exec(killer, wrapped, None), KILL_TIMEOUT)
+                await asyncio.wait_for(self._open(killer, wrapped, None), KILL_TIMEOUT)
             result = killer.result(script, start, time.monotonic() - t0)
             self._record(result, via, quiet=True)
             return result.exit_status == 0
