@@ -225,6 +225,10 @@ def _print_hosts(hosts: list[dict], args) -> None:
 def _warm(args) -> int:
     from runbook.run import warm
 
+    if args.status:
+        return warm.status()
+    if args.stop:
+        return warm.stop()
     # a run it serves is this CLI's, in a process forked for it (with its own argv)
     return warm.serve(run_here, idle=args.idle)
 
@@ -336,6 +340,11 @@ def _parser() -> argparse.ArgumentParser:
                           "`runbook run` of this checkout starts from it (see README)")
     warm.add_argument("--idle", type=float, default=3600.0, metavar="SECONDS",
                       help="end after this long without a run (default: an hour)")
+    which = warm.add_mutually_exclusive_group()
+    which.add_argument("--status", action="store_true",
+                       help="say which warm processes serve (exit 0: one serves this code)")
+    which.add_argument("--stop", action="store_true",
+                       help="end this checkout's warm processes (runs in flight go on)")
     warm.set_defaults(func=_warm)
 
     session = sub.add_parser(

@@ -28,10 +28,11 @@ HOST = "deb10"
 class Warm:
     """A `runbook warm` of its own: its private folder under a TMPDIR of the test's."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, name: str = "warm"):
         self.env = os.environ | {"TMPDIR": str(tmp / "warmtmp")}
-        (tmp / "warmtmp").mkdir()
-        self.log = tmp / "warm.log"
+        (tmp / "warmtmp").mkdir(exist_ok=True)
+        self.folder = tmp / "warmtmp" / f"mail-runbook-warm-{os.getuid()}"
+        self.log = tmp / f"{name}.log"
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "runbook.cli", "warm", "--idle", "300"], cwd=PROJECT,
@@ -189,6 +190,45 @@ def test_a_caller_killed_outright_takes_its_run_in_the_warm_process_along(host, 
     # as after a cold run killed outright: its kernel gone, and the host's lock with it
     again = warmed.runbook("run", host["params_file"])
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_a_second_warm_process_of_the_same_code_is_refused_and_status_names_the_first(
+        warmed, tmp_path):
+    pid = warmed.process.pid
+    second = warmed.runbook("warm", "--idle", "5")
+    assert second.returncode == 1
+    assert f"pid {pid} already serves this code" in second.stderr and "--stop" in second.stderr
+    status = warmed.runbook("warm", "--status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"pid {pid} serves this code of {PROJECT}" in status.stdout
+    refused = warmed.runbook("run", bad_params(tmp_path))  # the first one still serves
+    assert refused.returncode == 2 and warmed.served() == 1
+
+
+def test_stop_ends_the_warm_process_and_leaves_nothing_behind(warmed):
+    pid = warmed.process.pid
+    stopped = warmed.runbook("warm", "--stop")
+    assert stopped.returncode == 0 and f"pid {pid} ended" in stopped.stdout
+    assert warmed.process.wait(timeout=5) == 0
+    assert list(warmed.folder.iterdir()) == []  # its socket and its note
+    status = warmed.runbook("warm", "--status")
+    assert status.returncode == 1 and "runs start cold" in status.stdout
+    again = warmed.runbook("warm", "--stop")
+    assert again.returncode == 0 and "none serves" in again.stdout
+
+
+def test_a_warm_process_killed_outright_is_not_counted_and_the_next_one_serves(tmp_path):
+    first = Warm(tmp_path, "first")
+    first.process.kill()
+    first.process.wait()
+    assert len(list(first.folder.glob("*.json"))) == 1  # left behind by SIGKILL
+    assert first.runbook("warm", "--status").returncode == 1
+    second = Warm(tmp_path, "second")
+    try:
+        status = second.runbook("warm", "--status")
+        assert f"pid {second.process.pid} serves this code" in status.stdout
+    finally:
+        second.stop()
 
 
 def test_a_socket_left_by_a_warm_process_that_died_means_a_cold_start(tmp_path, monkeypatch):

@@ -89,6 +89,64 @@ def socket_path(create: bool = False) -> Path | None:
     return where / f"{digest()}.sock" if where else None
 
 
+# --- who serves: `runbook warm --status` and `--stop` ----------------------------------------
+
+def _serving(where: Path) -> list[dict]:
+    """The warm processes of this user that still serve, each as its `<digest>.json` says
+    (pid, socket, project, since), with `current` true for the one of this very code. A
+    note is believed only while its process lives and its socket is the one it bound."""
+    current, found = digest(), []
+    for note in sorted(where.glob("*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(note.read_text())
+            sock = where / f"{note.stem}.sock"
+            if sock.stat().st_ino == info["inode"] and _is_warm(info["pid"]):
+                found.append(info | {"current": note.stem == current, "note": note})
+    return found
+
+
+def _is_warm(pid: int) -> bool:
+    """`pid` lives and is a `runbook warm` (not a process that reused its number)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"warm" in argv
+
+
+def status(echo=print) -> int:
+    """Say which warm processes serve; 0 when one serves this very code."""
+    where = folder()
+    serving = _serving(where) if where else []
+    for info in serving:
+        which = "this code" if info["current"] else "older code (an edit or upgrade since)"
+        echo(f"runbook warm: pid {info['pid']} serves {which} of {info['project']} "
+             f"since {info['since']} (idle limit {info['idle']:.0f} s)")
+    if not any(info["current"] for info in serving):
+        echo(f"runbook warm: none serves this code of {PROJECT}: runs start cold")
+        return 1
+    return 0
+
+
+def stop(echo=print, wait: float = 10.0) -> int:
+    """End every warm process of this checkout (this code's and older ones'): SIGTERM, then
+    wait for each to go. Runs they started go on to their end."""
+    where = folder()
+    mine = [i for i in (_serving(where) if where else []) if i["project"] == str(PROJECT)]
+    if not mine:
+        echo(f"runbook warm: none serves {PROJECT}")
+        return 0
+    for info in mine:
+        _send(info["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while (left := [i for i in mine if _is_warm(i["pid"])]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for info in mine:
+        gone = info not in left
+        echo(f"runbook warm: pid {info['pid']} " + ("ended" if gone else "did not end in time"))
+    return 1 if left else 0
+
+
 @contextlib.contextmanager
 def _address(path: Path):
     """The path to bind or connect to: a Unix socket's path has at most 107 bytes, so a
@@ -166,6 +224,10 @@ def serve(main: Callable[[list[str]], int], idle: float = IDLE, echo=print) -> i
         echo(f"runbook warm: {folder()} is not private to this user: not used",
              file=sys.stderr)
         return 1
+    if (other := [i for i in _serving(path.parent) if i["current"]]):
+        echo(f"runbook warm: pid {other[0]['pid']} already serves this code of {PROJECT} "
+             "(`runbook warm --stop` ends it)", file=sys.stderr)
+        return 1
     from runbook.run import runner, seed  # what a run loads, loaded once here
 
     runner.preload()
@@ -177,6 +239,8 @@ def serve(main: Callable[[list[str]], int], idle: float = IDLE, echo=print) -> i
         listener.bind(address)
     ours = path.stat().st_ino
     listener.listen(16)
+    note = _note(path, ours, idle)
+    signal.signal(signal.SIGTERM, _stopped)  # `runbook warm --stop`: tidy up as on Ctrl-C
     echo(f"runbook warm: serving runs of {PROJECT} on {path} (idle limit {idle:.0f} s)",
          flush=True)
     children: set[int] = set()
@@ -197,8 +261,24 @@ def serve(main: Callable[[list[str]], int], idle: float = IDLE, echo=print) -> i
         with contextlib.suppress(FileNotFoundError):
             if path.stat().st_ino == ours:  # not one a newer warm process bound since
                 path.unlink()
+                note.unlink()
         listener.close()
     return 0
+
+
+def _note(path: Path, inode: int, idle: float) -> Path:
+    """`<digest>.json` beside the socket: who serves it, for --status and --stop."""
+    note = path.with_suffix(".json")
+    info = {"pid": os.getpid(), "inode": inode, "project": str(PROJECT), "idle": idle,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tmp = note.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info) + "\n")
+    tmp.replace(note)
+    return note
+
+
+def _stopped(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _reaped(children: set[int], echo) -> set[int]:
