@@ -32,6 +32,7 @@ class Server:
     # command (`exec sh`), the script it was given on its input, once given.
     commands: list[str] = field(default_factory=list)
     channels: list[str] = field(default_factory=list)  # every channel's own command
+    login: str = ""  # run before each channel's command, as a login shell's rc file is
     procs: list[asyncio.subprocess.Process] = field(default_factory=list)
 
     def params(self, **overrides) -> SimpleNamespace:
@@ -97,7 +98,7 @@ def _handler(server: Server):
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh",
             "-c",
-            process.command or "exec sh",
+            server.login + (process.command or "exec sh"),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -200,6 +200,55 @@ def test_each_command_has_a_channel_and_a_shell_of_its_own(tmp_path):
     assert all("__mail_runbook_pid__" not in r.stdout for r in results)  # the library's line
 
 
+class OwnChannels(Target):
+    """Every command on a channel opened for it: the way a command goes without a shell
+    started ahead, to compare with."""
+
+    async def _take_spare(self):
+        return None
+
+
+TRICKY = [
+    "echo \"$0\" $# \"$*\"",  # sh -c's $0 and no positional parameters
+    "exit 7",
+    "echo a\necho b >&2\nexit 3",  # several lines
+    "cat <<'EOF'\nx $HOME\nEOF",  # a here-document
+    "printf 'no newline'",
+    "echo 'unclosed",  # a syntax error
+    "set -- x y; echo $#; exec printf '%s|' \"$@\"",
+    "read line; echo \"[$line]\" $?",  # input: at its end at once
+    "echo $(( 6 * 7 )) \"$(printf '%s' 'it''s')\"",
+]
+
+
+@pytest.mark.parametrize("command", TRICKY)
+def test_a_started_shell_runs_a_command_as_a_channel_of_its_own_does(tmp_path, command):
+    async def body():
+        async with ssh_server(tmp_path) as srv:
+            async with await Target.connect(srv.params(), None) as t:
+                await t.run("true")
+                started = await t.run(command, check=False, stream=False)
+                spare_given = srv.commands[-1]
+            async with await OwnChannels.connect(srv.params(), None) as own:
+                alone = await own.run(command, check=False, stream=False)
+            return started, alone, spare_given
+
+    started, alone, given = asyncio.run(body())
+    assert "eval" in given and "exec sh -c" not in given  # it did go to a started shell
+    assert (started.exit_status, started.stdout) == (alone.exit_status, alone.stdout)
+    assert started.stderr.replace("eval: ", "") == alone.stderr.replace("eval: ", "")
+
+
+def test_what_a_login_shell_prints_first_is_kept_either_way(tmp_path):
+    async def body():
+        async with ssh_server(tmp_path) as srv:
+            srv.login = "echo welcome; "  # as a chatty ~/.bashrc
+            async with await Target.connect(srv.params(), None) as t:
+                return [await t.run("echo hi", stream=False) for _ in range(2)]
+
+    assert [r.stdout for r in asyncio.run(body())] == ["welcome\nhi\n"] * 2
+
+
 def test_commands_at_once_each_get_a_shell(tmp_path):
     async def body():
         async with session(tmp_path) as (_, t):
