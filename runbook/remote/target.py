@@ -213,12 +213,12 @@ class Target:
                 return False  # it never started (e.g. sudo hanging): nothing known to kill
             killer = Job(Lines(None, self._mask, find_pid=True), Lines(None, self._mask),
                           job.password)
-            script = KILL_SCRIPT.format(pid=job.out.pid, ticks=round(KILL_GRACE * 10))
+            kill = KILL_SCRIPT.format(pid=job.out.pid, ticks=round(KILL_GRACE * 10))
             start, t0 = now(), time.monotonic()
-            wrapped = wrap(script, via, bool(job.password))
+            wrapped = wrap(kill, via, bool(job.password))
             with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
                 await asyncio.wait_for(self._open(killer, wrapped, None), KILL_TIMEOUT)
-            result = killer.result(script, start, time.monotonic() - t0)
+            result = killer.result(kill, start, time.monotonic() - t0)
             self._record(result, via, quiet=True)
             return result.exit_status == 0
         finally:
