@@ -37,17 +37,6 @@ async def timed(coroutine_factory, n: int) -> list[float]:
     return samples
 
 
-async def interleaved(factories: dict, n: int) -> dict[str, list[float]]:
-    """Each in turn, n times: drift in the machine's load hits them all alike."""
-    samples: dict[str, list[float]] = {name: [] for name in factories}
-    for _ in range(n):
-        for name, factory in factories.items():
-            t0 = time.perf_counter()
-            await factory()
-            samples[name].append(time.perf_counter() - t0)
-    return samples
-
-
 async def in_blocks(factories: dict, n: int, block: int = 20) -> dict[str, list[float]]:
     """Each `block` times in a row, in turn, n times in all: back to back as a stage runs its
     commands (a shell started for the next command overlaps the one running), while drift in
