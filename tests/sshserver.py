@@ -18,6 +18,8 @@ from types import SimpleNamespace
 
 import asyncssh
 
+from runbook.remote.channel import SPARE
+
 HOST = "127.0.0.1"
 
 
@@ -92,7 +94,7 @@ async def _feed_stdin(channel: asyncssh.SSHReader, stdin: asyncio.StreamWriter,
 def _handler(server: Server):
     async def handle(process: asyncssh.SSHServerProcess) -> None:
         server.channels.append(process.command)
-        started = process.command == "exec sh"  # a shell waiting for its command
+        started = process.command == SPARE  # a shell waiting for its command
         if not started:
             server.commands.append(process.command)
         proc = await asyncio.create_subprocess_exec(

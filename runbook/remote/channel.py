@@ -19,6 +19,7 @@ from runbook.remote import sudo
 q = shlex.quote
 PID_MARK = "__mail_runbook_pid__"
 PID_LINE = re.compile(rf"{PID_MARK} (\d+)\n")
+SPARE = "exec sh"  # a shell started ahead of its command: the login shell becomes sh
 
 
 @dataclass
@@ -205,7 +206,8 @@ class Spare(asyncssh.SSHClientSession):
             self.job.data_received(data, datatype)
 
     def eof_received(self) -> bool:
-        self.dead = self.dead or self.job is None
+        if self.job is None:
+            self.dead = True
         return False
 
     def exit_status_received(self, status: int) -> None:

@@ -33,7 +33,7 @@ from runbook.errors import (
     TargetError,
 )
 from runbook.remote import ssh, sudo
-from runbook.remote.channel import Job, Lines, Result, Spare, script, wrap
+from runbook.remote.channel import SPARE, Job, Lines, Result, Spare, script, wrap
 
 q = shlex.quote
 LONG = 2.0  # seconds after which the elapsed time is printed
@@ -203,7 +203,7 @@ class Target:
 
     async def _start_spare(self) -> Spare:
         spare = Spare()
-        await self.conn.create_session(lambda: spare, "exec sh", encoding=None)
+        await self.conn.create_session(lambda: spare, SPARE, encoding=None)
         return spare
 
     async def _kill(self, job: Job, via: str | None) -> bool:

@@ -93,15 +93,15 @@ def socket_path(create: bool = False) -> Path | None:
 
 def _serving(where: Path) -> list[dict]:
     """The warm processes of this user that still serve, each as its `<digest>.json` says
-    (pid, socket, project, since), with `current` true for the one of this very code. A
-    note is believed only while its process lives and its socket is the one it bound."""
-    current, found = digest(), []
+    (pid, socket inode, project, since), with the `digest` of the code it serves. A note is
+    believed only while its process lives and its socket is the one it bound."""
+    found = []
     for note in sorted(where.glob("*.json")):
         with contextlib.suppress(OSError, ValueError):
             info = json.loads(note.read_text())
             sock = where / f"{note.stem}.sock"
             if sock.stat().st_ino == info["inode"] and _is_warm(info["pid"]):
-                found.append(info | {"current": note.stem == current, "note": note})
+                found.append(info | {"digest": note.stem})
     return found
 
 
@@ -116,13 +116,14 @@ def _is_warm(pid: int) -> bool:
 
 def status(echo=print) -> int:
     """Say which warm processes serve; 0 when one serves this very code."""
-    where = folder()
+    where, current = folder(), digest()
     serving = _serving(where) if where else []
     for info in serving:
-        which = "this code" if info["current"] else "older code (an edit or upgrade since)"
+        which = ("this code" if info["digest"] == current
+                 else "older code (an edit or upgrade since)")
         echo(f"runbook warm: pid {info['pid']} serves {which} of {info['project']} "
              f"since {info['since']} (idle limit {info['idle']:.0f} s)")
-    if not any(info["current"] for info in serving):
+    if not any(info["digest"] == current for info in serving):
         echo(f"runbook warm: none serves this code of {PROJECT}: runs start cold")
         return 1
     return 0
@@ -224,7 +225,7 @@ def serve(main: Callable[[list[str]], int], idle: float = IDLE, echo=print) -> i
         echo(f"runbook warm: {folder()} is not private to this user: not used",
              file=sys.stderr)
         return 1
-    if (other := [i for i in _serving(path.parent) if i["current"]]):
+    if (other := [i for i in _serving(path.parent) if i["digest"] == path.stem]):
         echo(f"runbook warm: pid {other[0]['pid']} already serves this code of {PROJECT} "
              "(`runbook warm --stop` ends it)", file=sys.stderr)
         return 1
